@@ -1,0 +1,66 @@
+"""The Celery app, its queues and its reliability settings.
+
+The app is created bare at import (tasks register on it) and configured from a ``Settings`` by ``configure``,
+called once by the CLI before a worker starts or a job is submitted.
+"""
+
+from enum import Enum
+
+from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
+
+from broker.settings import Settings
+
+
+class QueueName(str, Enum):
+    SPECIALIST = "specialist"
+    """CPU-bound: chunks of a few hundred items through the specialist."""
+    LLM = "llm"
+    """I/O-bound: the escalated items of a chunk, sent to vLLM concurrently."""
+
+
+class TaskName(str, Enum):
+    SPECIALIST = "cascade.specialist_chunk"
+    LLM = "cascade.llm_chunk"
+
+
+class CascadeCelery(Celery):  # type: ignore[misc]
+    settings: Settings | None = None
+
+
+app = CascadeCelery("cascade", include=["workers.tasks"])
+
+
+def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
+    celery.settings = settings
+    celery.conf.update(
+        broker_url=settings.redis_url,
+        broker_connection_retry_on_startup=True,
+        # Reliability: a task is acknowledged only when it has finished, and goes back to the queue when its
+        # worker dies. Redis redelivers a task not acknowledged within the visibility timeout, so that timeout
+        # must be longer than the longest chunk.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(q.value) for q in QueueName],  # type: ignore[no-untyped-call]
+        task_default_queue=QueueName.SPECIALIST.value,
+        task_routes={
+            TaskName.SPECIALIST.value: {"queue": QueueName.SPECIALIST.value},
+            TaskName.LLM.value: {"queue": QueueName.LLM.value},
+        },
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return celery
+
+
+def send_specialist_chunk(celery: Celery, job_id: str, index: int) -> None:
+    celery.send_task(TaskName.SPECIALIST.value, args=[job_id, index], queue=QueueName.SPECIALIST.value)
+
+
+def send_llm_chunk(celery: Celery, job_id: str, escalations: list[dict[str, object]]) -> None:
+    celery.send_task(TaskName.LLM.value, args=[job_id, escalations], queue=QueueName.LLM.value)

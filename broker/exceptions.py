@@ -1,0 +1,40 @@
+"""Cascade's errors, all under one root.
+
+    CascadeError
+    ├── SettingsError           a setting is missing or out of range
+    ├── InputError              a data file or input line is unusable (names the file, line and field)
+    ├── ModelError              a model folder is missing, altered, foreign or built with other library versions
+    ├── JobError                a job does not exist or cannot do what was asked in its state
+    └── LLMError                the LLM server failed or broke its contract
+        └── LLMContractError    the server does not constrain its output to the given choices
+
+Foreign errors (redis, httpx, skops, json) are wrapped with ``raise ... from e``.
+"""
+
+
+class CascadeError(Exception):
+    """Root of every error Cascade raises on purpose."""
+
+
+class SettingsError(CascadeError):
+    """A setting is missing or out of range."""
+
+
+class InputError(CascadeError):
+    """A data file or an input line is unusable."""
+
+
+class ModelError(CascadeError):
+    """A model folder is missing, altered, not written by Cascade, or built with other library versions."""
+
+
+class JobError(CascadeError):
+    """A job does not exist, or cannot do what was asked in its current state."""
+
+
+class LLMError(CascadeError):
+    """The LLM server failed after its retries, or answered outside the contract."""
+
+
+class LLMContractError(LLMError):
+    """The LLM server does not constrain its answers to the choices it was given."""

@@ -1,0 +1,80 @@
+"""Input validation: each JSONL line becomes an ``Item`` or an ``ItemError`` naming its line and field.
+
+Pure: no Redis, no Celery. ``Intake`` remembers the ``custom_id``s it has seen, to refuse duplicates.
+"""
+
+import json
+from enum import Enum
+from typing import Any
+
+from broker.jobs import Item, ItemError
+
+
+class ErrorCode(str, Enum):
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    DUPLICATE_ID = "duplicate_custom_id"
+    TEXT_TOO_LONG = "text_too_long"
+
+
+class Intake:
+    """Validates the lines of one job, in order."""
+
+    def __init__(self, max_text_chars: int) -> None:
+        self.max_text_chars = max_text_chars
+        self.seen: set[str] = set()
+
+    def parse(self, line_no: int, raw: bytes) -> Item | ItemError:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return _error(line_no, None, ErrorCode.INVALID_UTF8, f"line {line_no}: not valid UTF-8 ({e.reason})")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return _error(line_no, None, ErrorCode.INVALID_JSON, f"line {line_no}: not JSON ({e.msg})")
+        if not isinstance(obj, dict):
+            return _error(line_no, None, ErrorCode.NOT_AN_OBJECT, f"line {line_no}: not a JSON object")
+        return self._parse_object(line_no, obj)
+
+    def _parse_object(self, line_no: int, obj: dict[str, Any]) -> Item | ItemError:
+        custom_id = obj.get("custom_id")
+        if custom_id is None:
+            return _error(line_no, None, ErrorCode.MISSING_FIELD, f"line {line_no}: field 'custom_id' is missing")
+        if not isinstance(custom_id, str) or not custom_id:
+            return _error(
+                line_no, None, ErrorCode.INVALID_FIELD, f"line {line_no}: field 'custom_id' must be a non-empty string"
+            )
+        problem = _check_text(obj.get("text"), self.max_text_chars) or _check_label(obj.get("label"))
+        if problem is not None:
+            code, message = problem
+            return _error(line_no, custom_id, code, f"line {line_no}: {message}")
+        if custom_id in self.seen:
+            return _error(
+                line_no, custom_id, ErrorCode.DUPLICATE_ID, f"line {line_no}: duplicate custom_id {custom_id!r}"
+            )
+        self.seen.add(custom_id)
+        return Item(custom_id=custom_id, text=obj["text"], line=line_no, label=obj.get("label"))
+
+
+def _check_text(text: object, max_chars: int) -> tuple[ErrorCode, str] | None:
+    if text is None:
+        return ErrorCode.MISSING_FIELD, "field 'text' is missing"
+    if not isinstance(text, str) or not text.strip():
+        return ErrorCode.INVALID_FIELD, "field 'text' must be a non-empty string"
+    if len(text) > max_chars:
+        return ErrorCode.TEXT_TOO_LONG, f"field 'text' has {len(text)} characters, over the limit of {max_chars}"
+    return None
+
+
+def _check_label(label: object) -> tuple[ErrorCode, str] | None:
+    if label is not None and not isinstance(label, str):
+        return ErrorCode.INVALID_FIELD, "field 'label' must be a string when given"
+    return None
+
+
+def _error(line_no: int, custom_id: str | None, code: ErrorCode, message: str) -> ItemError:
+    return ItemError(line=line_no, custom_id=custom_id, code=code.value, message=message)

@@ -1,0 +1,295 @@
+"""The job store in Redis: jobs, their chunks of items, and one record per input line.
+
+Every write of a record is idempotent and keyed by job and ``custom_id``: the first record written for an item
+wins, and an item is never in both the results and the errors. A chunk that runs twice changes nothing.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from broker.exceptions import JobError
+from broker.jobs import Counts, Item, ItemError, ItemResult, JobSpec, JobStatus, JobView
+
+# Key layout. Every key of a job starts with its job key, and expires ``job_ttl`` seconds after creation.
+JOBS_KEY = "cascade:jobs"  # sorted set: job id -> creation time
+JOB_PREFIX = "cascade:job:"  # hash: spec, status, total, timings and per-tier counters of one job
+CHUNK_SUFFIX = ":chunk:"  # string: JSON list of the items of one chunk, until the job ends
+RESULTS_SUFFIX = ":results"  # hash: custom_id -> ItemResult JSON
+ERRORS_SUFFIX = ":errors"  # hash: custom_id -> ItemError JSON, for valid items that failed
+INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines refused at intake
+ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM
+
+# KEYS: job, results, errors. ARGV: groups of (kind 'r'|'e', custom_id, record JSON, tier, correct 1|0|-1,
+# llm_error 1|0). Writes a record only for an item that has none yet, and counts it once per tier.
+_RECORD = """
+local added = 0
+for i = 1, #ARGV, 6 do
+  local id = ARGV[i + 1]
+  if redis.call('HEXISTS', KEYS[2], id) == 0 and redis.call('HEXISTS', KEYS[3], id) == 0 then
+    if ARGV[i] == 'r' then
+      redis.call('HSET', KEYS[2], id, ARGV[i + 2])
+      local tier = ARGV[i + 3]
+      redis.call('HINCRBY', KEYS[1], 'answered:' .. tier, 1)
+      if ARGV[i + 4] ~= '-1' then
+        redis.call('HINCRBY', KEYS[1], 'labelled:' .. tier, 1)
+        redis.call('HINCRBY', KEYS[1], 'correct:' .. tier, tonumber(ARGV[i + 4]))
+      end
+      if ARGV[i + 5] == '1' then redis.call('HINCRBY', KEYS[1], 'llm_errors', 1) end
+    else
+      redis.call('HSET', KEYS[3], id, ARGV[i + 2])
+    end
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS: job, results, errors, invalid. ARGV: now. Ends a job whose every line has its record.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'in_progress' and status ~= 'finalizing' then return 0 end
+local total = redis.call('HGET', KEYS[1], 'total')
+if not total then return 0 end
+local done = redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) + redis.call('HLEN', KEYS[4])
+if done < tonumber(total) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
+return 1
+"""
+
+# KEYS: job. ARGV: new status, now. Moves a job that is not yet final to a final status.
+_END = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class TierStats:
+    answered: int
+    labelled: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+class JobStore:
+    """Jobs and their records in one Redis database."""
+
+    def __init__(self, client: redis.Redis, job_ttl: int) -> None:
+        self.redis = client
+        self.job_ttl = job_ttl
+        self._record = client.register_script(_RECORD)
+        self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
+
+    @classmethod
+    def from_url(cls, url: str, job_ttl: int) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True), job_ttl)
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+
+    def create(self, spec: JobSpec) -> str:
+        job_id = "job_" + uuid.uuid4().hex
+        now = time.time()
+        key = JOB_PREFIX + job_id
+        with self.redis.pipeline() as pipe:
+            pipe.hset(
+                key,
+                mapping={"spec": spec.model_dump_json(), "status": JobStatus.VALIDATING.value, "created_at": repr(now)},
+            )
+            pipe.expire(key, self.job_ttl)
+            pipe.zadd(JOBS_KEY, {job_id: now})
+            pipe.execute()
+        return job_id
+
+    def spec(self, job_id: str) -> JobSpec:
+        raw = self.redis.hget(JOB_PREFIX + job_id, "spec")
+        if raw is None:
+            raise JobError(f"no job {job_id!r}")
+        return JobSpec.model_validate_json(raw)
+
+    def status(self, job_id: str) -> JobStatus:
+        raw = self.redis.hget(JOB_PREFIX + job_id, "status")
+        if raw is None:
+            raise JobError(f"no job {job_id!r}")
+        return JobStatus(str(raw))
+
+    def get(self, job_id: str) -> JobView:
+        key = JOB_PREFIX + job_id
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.hlen(key + RESULTS_SUFFIX)
+            pipe.hlen(key + ERRORS_SUFFIX)
+            pipe.hlen(key + INVALID_SUFFIX)
+            pipe.scard(key + ESCALATED_SUFFIX)
+            fields, n_results, n_errors, n_invalid, n_escalated = pipe.execute()
+        if not fields:
+            raise JobError(f"no job {job_id!r}")
+        h: dict[str, str] = fields
+        return JobView(
+            id=job_id,
+            status=JobStatus(h["status"]),
+            spec=JobSpec.model_validate_json(h["spec"]),
+            counts=Counts(
+                total=int(h["total"]) if "total" in h else None,
+                completed=n_results,
+                failed=n_errors + n_invalid,
+                escalated=n_escalated,
+            ),
+            created_at=float(h["created_at"]),
+            finished_at=float(h["finished_at"]) if "finished_at" in h else None,
+            specialist_seconds=float(h.get("specialist_seconds", 0.0)),
+            llm_seconds=float(h.get("llm_seconds", 0.0)),
+            error=h.get("error"),
+        )
+
+    def tier_stats(self, job_id: str) -> dict[str, TierStats]:
+        h = {
+            str(k): int(v)
+            for k, v in self.redis.hgetall(JOB_PREFIX + job_id).items()
+            if str(k).startswith(("answered:", "labelled:", "correct:"))
+        }
+        tiers = {k.split(":", 1)[1] for k in h}
+        return {
+            t: TierStats(h.get(f"answered:{t}", 0), h.get(f"labelled:{t}", 0), h.get(f"correct:{t}", 0))
+            for t in sorted(tiers)
+        }
+
+    def llm_errors(self, job_id: str) -> int:
+        return int(self.redis.hget(JOB_PREFIX + job_id, "llm_errors") or 0)
+
+    def list_ids(self, limit: int = 20) -> list[str]:
+        return [str(v) for v in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
+
+    def add_seconds(self, job_id: str, tier: str, seconds: float) -> None:
+        self.redis.hincrbyfloat(JOB_PREFIX + job_id, f"{tier}_seconds", seconds)
+
+    # --- intake -------------------------------------------------------------------------------------------
+
+    def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None:
+        payload = json.dumps([i.model_dump() for i in items])
+        self.redis.set(JOB_PREFIX + job_id + CHUNK_SUFFIX + str(index), payload, ex=self.job_ttl)
+
+    def chunk(self, job_id: str, index: int) -> list[Item]:
+        raw = self.redis.get(JOB_PREFIX + job_id + CHUNK_SUFFIX + str(index))
+        if raw is None:
+            return []
+        return [Item.model_validate(d) for d in json.loads(raw)]
+
+    def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
+        if not errors:
+            return
+        key = JOB_PREFIX + job_id + INVALID_SUFFIX
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={str(e.line): e.model_dump_json() for e in errors})
+            pipe.expire(key, self.job_ttl)
+            pipe.execute()
+
+    def finish_intake(self, job_id: str, total: int, chunks: int) -> None:
+        """Record how many lines the job has; a job with no valid line fails here."""
+        key = JOB_PREFIX + job_id
+        self.redis.hset(key, mapping={"total": total, "chunks": chunks})
+        if chunks == 0:
+            self.end(job_id, JobStatus.FAILED, error="the input has no valid line")
+            return
+        self.redis.hsetnx(key, "started_at", repr(time.time()))
+        # Only a job still validating moves on: a cancelled one stays cancelled.
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            if pipe.hget(key, "status") == JobStatus.VALIDATING.value:
+                pipe.multi()
+                pipe.hset(key, "status", JobStatus.IN_PROGRESS.value)
+                pipe.execute()
+        self.try_finish(job_id)
+
+    # --- records ------------------------------------------------------------------------------------------
+
+    def mark_escalated(self, job_id: str, custom_ids: Sequence[str]) -> None:
+        if custom_ids:
+            key = JOB_PREFIX + job_id + ESCALATED_SUFFIX
+            with self.redis.pipeline() as pipe:
+                pipe.sadd(key, *custom_ids)
+                pipe.expire(key, self.job_ttl)
+                pipe.execute()
+
+    def unrecorded(self, job_id: str, custom_ids: Sequence[str]) -> list[str]:
+        """The ids among ``custom_ids`` that have neither a result nor an error yet."""
+        if not custom_ids:
+            return []
+        key = JOB_PREFIX + job_id
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(key + RESULTS_SUFFIX, list(custom_ids))
+            pipe.hmget(key + ERRORS_SUFFIX, list(custom_ids))
+            results, errors = pipe.execute()
+        return [c for c, r, e in zip(custom_ids, results, errors, strict=True) if r is None and e is None]
+
+    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> int:
+        """Write the records of items that have none yet; returns how many were new. Then ends the job if done."""
+        args: list[str] = []
+        for r in results:
+            correct = "-1" if r.correct is None else str(int(r.correct))
+            args += ["r", r.custom_id, r.model_dump_json(), r.tier.value, correct, "1" if r.llm_error else "0"]
+        for e in errors:
+            if e.custom_id is None:
+                raise ValueError("an item error needs its custom_id")
+            args += ["e", e.custom_id, e.model_dump_json(), "", "-1", "0"]
+        if not args:
+            return 0
+        key = JOB_PREFIX + job_id
+        keys = [key, key + RESULTS_SUFFIX, key + ERRORS_SUFFIX]
+        added = cast(int, self._record(keys=keys, args=args))
+        with self.redis.pipeline() as pipe:
+            pipe.expire(key + RESULTS_SUFFIX, self.job_ttl)
+            pipe.expire(key + ERRORS_SUFFIX, self.job_ttl)
+            pipe.execute()
+        self.try_finish(job_id)
+        return added
+
+    def try_finish(self, job_id: str) -> bool:
+        key = JOB_PREFIX + job_id
+        keys = [key, key + RESULTS_SUFFIX, key + ERRORS_SUFFIX, key + INVALID_SUFFIX]
+        if not self._finish(keys=keys, args=[repr(time.time())]):
+            return False
+        self._drop_chunks(job_id)
+        return True
+
+    def end(self, job_id: str, status: JobStatus, error: str | None = None) -> bool:
+        """Move a job to a final status (failed, cancelled); False when it had already ended."""
+        key = JOB_PREFIX + job_id
+        changed = cast(int, self._end(keys=[key], args=[status.value, repr(time.time())]))
+        if changed == -1:
+            raise JobError(f"no job {job_id!r}")
+        if changed and error:
+            self.redis.hset(key, "error", error)
+        if changed:
+            self._drop_chunks(job_id)
+        return bool(changed)
+
+    def _drop_chunks(self, job_id: str) -> None:
+        key = JOB_PREFIX + job_id
+        chunks = int(self.redis.hget(key, "chunks") or 0)
+        if chunks:
+            self.redis.delete(*(key + CHUNK_SUFFIX + str(i) for i in range(chunks)))
+
+    # --- export -------------------------------------------------------------------------------------------
+
+    def iter_results(self, job_id: str) -> Iterator[dict[str, Any]]:
+        for _, raw in self.redis.hscan_iter(JOB_PREFIX + job_id + RESULTS_SUFFIX, count=1000):
+            yield json.loads(raw)
+
+    def iter_errors(self, job_id: str) -> Iterator[dict[str, Any]]:
+        key = JOB_PREFIX + job_id
+        for suffix in (INVALID_SUFFIX, ERRORS_SUFFIX):
+            for _, raw in self.redis.hscan_iter(key + suffix, count=1000):
+                yield json.loads(raw)

@@ -1,0 +1,52 @@
+"""A job's summary: accuracy, escalation share and time per tier, from the store's counters."""
+
+from pydantic import BaseModel
+
+from broker.jobs import JobView
+from broker.store import TierStats
+
+
+class TierSummary(BaseModel):
+    answered: int
+    accuracy: float | None
+    seconds: float
+
+
+class Summary(BaseModel):
+    job_id: str
+    status: str
+    total: int | None
+    completed: int
+    failed: int
+    escalated: int
+    escalation_share: float | None
+    llm_errors: int
+    accuracy: float | None
+    """Over the completed items that carried a gold label."""
+    labelled: int
+    tiers: dict[str, TierSummary]
+    wall_seconds: float | None
+
+
+def summarize(job: JobView, tiers: dict[str, TierStats], llm_errors: int) -> Summary:
+    labelled = sum(t.labelled for t in tiers.values())
+    correct = sum(t.correct for t in tiers.values())
+    seconds = {"specialist": job.specialist_seconds, "llm": job.llm_seconds}
+    valid = job.counts.completed + job.counts.failed
+    return Summary(
+        job_id=job.id,
+        status=job.status.value,
+        total=job.counts.total,
+        completed=job.counts.completed,
+        failed=job.counts.failed,
+        escalated=job.counts.escalated,
+        escalation_share=job.counts.escalated / valid if valid else None,
+        llm_errors=llm_errors,
+        accuracy=correct / labelled if labelled else None,
+        labelled=labelled,
+        tiers={
+            name: TierSummary(answered=t.answered, accuracy=t.accuracy, seconds=seconds.get(name, 0.0))
+            for name, t in tiers.items()
+        },
+        wall_seconds=(job.finished_at - job.created_at) if job.finished_at else None,
+    )

@@ -1,0 +1,1 @@
+"""Cascade\x27s monitoring: Prometheus metrics, dashboards and rules (see issue 4)."""

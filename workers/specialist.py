@@ -1,0 +1,191 @@
+"""The specialist: a calibrated linear text classifier, and the only model files Cascade will load.
+
+A model folder holds ``model.skops`` (skops' format: no pickle) and ``manifest.json`` (labels, held-out metrics,
+the training data checksum, library versions and the model file's SHA-256). Loading checks, in this order, that
+the manifest is Cascade's, that the model file's checksum matches it, that the library versions are the ones
+running now, and that the file holds only the types in ``TRUSTED_TYPES``. Anything else is refused.
+"""
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io as sio
+from numpy.typing import NDArray
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.svm import LinearSVC
+
+from broker.exceptions import InputError, ModelError
+
+FORMAT = "cascade-specialist/1"
+MODEL_FILE = "model.skops"
+MANIFEST_FILE = "manifest.json"
+VERSIONED = ("scikit-learn", "skops", "numpy", "scipy")
+
+# Types skops does not trust by default that a Cascade specialist holds. Nothing else is loaded.
+TRUSTED_TYPES = [
+    "sklearn.calibration._CalibratedClassifier",
+]
+
+
+def build_pipeline(seed: int = 0) -> Pipeline:
+    """TF-IDF word 1-2-grams, a linear SVM, and isotonic calibration (3-fold) for honest probabilities."""
+    return Pipeline(
+        [
+            ("features", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
+            ("classifier", CalibratedClassifierCV(LinearSVC(C=1.0, random_state=seed), method="isotonic", cv=3)),
+        ]
+    )
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in VERSIONED}
+
+
+@dataclass(frozen=True)
+class Specialist:
+    """A loaded, verified specialist."""
+
+    pipeline: Pipeline
+    manifest: dict[str, Any]
+    sha256: str
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    def predict_proba(self, texts: list[str]) -> NDArray[np.float64]:
+        proba: NDArray[np.float64] = self.pipeline.predict_proba(texts)
+        return proba
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    pipeline: Pipeline
+    labels: list[str]
+    holdout_accuracy: float
+    n_train: int
+    n_holdout: int
+    seconds: float
+
+
+def train(texts: list[str], labels: list[str], holdout: float = 0.2, seed: int = 0) -> TrainReport:
+    """Fit on a stratified split, measure on the held-out part, then refit on everything."""
+    if len(set(labels)) < 2:
+        raise InputError("training data needs at least two distinct labels")
+    counts = {lab: labels.count(lab) for lab in set(labels)}
+    rare = sorted(lab for lab, n in counts.items() if n < 4)
+    if rare:
+        raise InputError(f"labels with fewer than 4 examples cannot be split and calibrated: {', '.join(rare)}")
+    start = time.perf_counter()
+    x_fit, x_hold, y_fit, y_hold = train_test_split(
+        texts, labels, test_size=holdout, random_state=seed, stratify=labels
+    )
+    probe = build_pipeline(seed).fit(x_fit, y_fit)
+    accuracy = float(np.mean(probe.predict(x_hold) == np.asarray(y_hold)))
+    final = build_pipeline(seed).fit(texts, labels)
+    return TrainReport(
+        pipeline=final,
+        labels=[str(c) for c in final.classes_],
+        holdout_accuracy=accuracy,
+        n_train=len(x_fit),
+        n_holdout=len(x_hold),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def save(report: TrainReport, folder: str | Path, data_sha256: str) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    untrusted = set(sio.get_untrusted_types(data=sio.dumps(report.pipeline)))
+    unexpected = untrusted - set(TRUSTED_TYPES)
+    if unexpected:
+        raise ModelError(f"the pipeline holds types Cascade would refuse to load: {sorted(unexpected)}")
+    model_path = folder / MODEL_FILE
+    sio.dump(report.pipeline, model_path)
+    manifest = {
+        "format": FORMAT,
+        "created_at": time.time(),
+        "labels": report.labels,
+        "metrics": {
+            "holdout_accuracy": report.holdout_accuracy,
+            "n_train": report.n_train,
+            "n_holdout": report.n_holdout,
+            "train_seconds": report.seconds,
+        },
+        "data_sha256": data_sha256,
+        "model_sha256": _sha256(model_path),
+        "versions": library_versions(),
+        "python": platform.python_version(),
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder}: no {MANIFEST_FILE}; not a model folder written by `cascade train`")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a Cascade specialist manifest (format must be {FORMAT!r})")
+    return manifest
+
+
+def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
+    """Load a model folder written by ``save``, after verifying it; raise ``ModelError`` otherwise."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    model_path = folder / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelError(f"{folder}: no {MODEL_FILE}")
+    digest = _sha256(model_path)
+    if digest != manifest.get("model_sha256"):
+        raise ModelError(f"{model_path}: checksum {digest[:12]}… does not match the manifest; the file was altered")
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelError(f"{model_path}: checksum {digest[:12]}… is not the model this job was submitted with")
+    running = library_versions()
+    saved = manifest.get("versions", {})
+    mismatched = [f"{k} {saved.get(k)} (running {v})" for k, v in running.items() if saved.get(k) != v]
+    if mismatched:
+        raise ModelError(f"{folder}: saved with other library versions: {', '.join(mismatched)}; retrain it")
+    untrusted = set(sio.get_untrusted_types(file=model_path))
+    unexpected = untrusted - set(TRUSTED_TYPES)
+    if unexpected:
+        raise ModelError(f"{model_path}: holds types Cascade does not load: {sorted(unexpected)}")
+    try:
+        pipeline = sio.load(model_path, trusted=sorted(untrusted))
+    except Exception as e:  # skops raises many kinds on a damaged file
+        raise ModelError(f"{model_path}: cannot be loaded ({e})") from e
+    if not isinstance(pipeline, Pipeline) or [str(c) for c in pipeline.classes_] != manifest.get("labels"):
+        raise ModelError(f"{model_path}: its labels do not match the manifest")
+    return Specialist(pipeline=pipeline, manifest=manifest, sha256=digest)
+
+
+def top_candidates(proba: NDArray[np.float64], labels: list[str], k: int) -> list[str]:
+    """The ``k`` most probable labels, most probable first; all labels when ``k`` is 0."""
+    order = np.argsort(-proba, kind="stable")
+    if k > 0:
+        order = order[:k]
+    return [labels[i] for i in order]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,63 @@
+"""Celery tasks: thin wrappers that give the plain functions of ``workers.pipeline`` their resources."""
+
+import asyncio
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from broker.celery_app import TaskName, app, send_llm_chunk
+from broker.exceptions import ModelError
+from broker.settings import Settings
+from broker.store import JobStore
+from workers import specialist as specialist_model
+from workers.llm import LLMClient
+from workers.pipeline import Escalation, fail_chunk, run_llm_chunk, run_specialist_chunk
+
+# Redis unreachable: the task is retried with backoff until Redis answers again.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _settings() -> Settings:
+    if app.settings is None:  # a worker started without `cascade worker`
+        app.settings = Settings()
+    return app.settings
+
+
+@lru_cache(maxsize=1)
+def _store(url: str, ttl: int) -> JobStore:
+    return JobStore.from_url(url, ttl)
+
+
+@lru_cache(maxsize=4)
+def _specialist(path: str, sha256: str) -> specialist_model.Specialist:
+    return specialist_model.load(path, expected_sha256=sha256)
+
+
+@app.task(name=TaskName.SPECIALIST.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+def specialist_chunk(job_id: str, index: int) -> int:
+    settings = _settings()
+    store = _store(settings.redis_url, settings.job_ttl)
+    spec = store.spec(job_id)
+    try:
+        model = _specialist(spec.model_path, spec.model_sha256)
+    except ModelError as e:  # every item of the chunk still ends in exactly one place: the error file
+        fail_chunk(store, job_id, index, "model_error", str(e))
+        return 0
+    escalations = run_specialist_chunk(store, model, job_id, index)
+    if escalations:
+        send_llm_chunk(app, job_id, [e.model_dump() for e in escalations])
+    return len(escalations)
+
+
+@app.task(name=TaskName.LLM.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+def llm_chunk(job_id: str, escalations: list[dict[str, Any]]) -> None:
+    settings = _settings()
+    store = _store(settings.redis_url, settings.job_ttl)
+    items = [Escalation.model_validate(e) for e in escalations]
+
+    async def run() -> None:
+        async with LLMClient(settings) as client:
+            await run_llm_chunk(store, client, job_id, items)
+
+    asyncio.run(run())
