@@ -68,7 +68,9 @@ def choice_confidence(tokens: Sequence[dict[str, Any]], candidates: Sequence[str
 class LLMClient:
     """Classifies texts among candidate labels with a vLLM server. Create and use it inside one event loop."""
 
-    def __init__(self, settings: Settings, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None
+    ) -> None:
         self.model = settings.llm_model
         self.url = settings.llm_url
         self.max_tokens = settings.llm_max_tokens

@@ -20,6 +20,10 @@ if curl -fsS -m 2 "$health" >/dev/null 2>&1; then
   exit 0
 fi
 
+pidfile="$home/vllm-$port.pid"
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "[vllm_serve] a server is already starting (pid $(cat "$pidfile")); waiting for it" >&2
+else
 eval "$("$here/vllm_env.sh")"
 echo "[vllm_serve] starting on port $port, log in $log" >&2
 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" VLLM_USE_V1=1 HF_HUB_OFFLINE=1 \
@@ -27,7 +31,8 @@ VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" VLLM_USE_V1=1 HF_HUB_OFFLI
   --model "$VLLM_MODEL_DIR" --served-model-name "$name" \
   --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 2048 \
   >"$log" 2>&1 </dev/null &
-echo $! >"$home/vllm-$port.pid"
+echo $! >"$pidfile"
+fi
 
 [ "${VLLM_WAIT:-1}" = "0" ] && exit 0
 for _ in $(seq 1 180); do
@@ -35,7 +40,7 @@ for _ in $(seq 1 180); do
     echo "[vllm_serve] ready on port $port" >&2
     exit 0
   fi
-  if ! kill -0 "$(cat "$home/vllm-$port.pid")" 2>/dev/null; then
+  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "[vllm_serve] the server exited; last lines of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from broker.intake import ErrorCode, Intake
+from broker.jobs import Item, ItemError
+
+
+def parse(intake: Intake, n: int, line: str | bytes) -> Item | ItemError:
+    return intake.parse(n, line if isinstance(line, bytes) else line.encode())
+
+
+def test_valid_line_becomes_item_with_its_line_number() -> None:
+    item = parse(Intake(100), 7, json.dumps({"custom_id": "a", "text": "hello", "label": "x"}))
+    assert item == Item(custom_id="a", text="hello", line=7, label="x")
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "field"),
+    [
+        (b"\xff\xfe not utf8", ErrorCode.INVALID_UTF8, None),
+        ("{not json", ErrorCode.INVALID_JSON, None),
+        ("[1, 2]", ErrorCode.NOT_AN_OBJECT, None),
+        ('{"text": "hi"}', ErrorCode.MISSING_FIELD, "custom_id"),
+        ('{"custom_id": 5, "text": "hi"}', ErrorCode.INVALID_FIELD, "custom_id"),
+        ('{"custom_id": "a"}', ErrorCode.MISSING_FIELD, "text"),
+        ('{"custom_id": "a", "text": "   "}', ErrorCode.INVALID_FIELD, "text"),
+        ('{"custom_id": "a", "text": 3}', ErrorCode.INVALID_FIELD, "text"),
+        ('{"custom_id": "a", "text": "' + "x" * 101 + '"}', ErrorCode.TEXT_TOO_LONG, "text"),
+        ('{"custom_id": "a", "text": "hi", "label": 1}', ErrorCode.INVALID_FIELD, "label"),
+    ],
+)
+def test_bad_line_names_line_and_field(line: str | bytes, code: ErrorCode, field: str | None) -> None:
+    error = parse(Intake(100), 12, line)
+    assert isinstance(error, ItemError)
+    assert error.code == code.value
+    assert error.line == 12
+    assert error.message.startswith("line 12: ")
+    if field:
+        assert f"'{field}'" in error.message
+
+
+def test_duplicate_custom_id_is_refused_after_the_first() -> None:
+    intake = Intake(100)
+    first = parse(intake, 1, '{"custom_id": "a", "text": "one"}')
+    second = parse(intake, 2, '{"custom_id": "a", "text": "two"}')
+    assert isinstance(first, Item)
+    assert isinstance(second, ItemError)
+    assert second.code == ErrorCode.DUPLICATE_ID.value
+    assert second.custom_id == "a"
+
+
+def test_refused_line_does_not_reserve_its_custom_id() -> None:
+    intake = Intake(5)
+    assert isinstance(parse(intake, 1, '{"custom_id": "a", "text": "far too long"}'), ItemError)
+    assert isinstance(parse(intake, 2, '{"custom_id": "a", "text": "ok"}'), Item)

@@ -1,0 +1,74 @@
+"""The job store against the real Redis (the tests' own database)."""
+
+from broker.jobs import Item, ItemError, ItemResult, JobSpec, JobStatus, Tier
+from broker.store import JobStore
+
+SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_model="x")
+
+
+def result(cid: str, line: int, label: str = "a", gold: str | None = "a", tier: Tier = Tier.SPECIALIST) -> ItemResult:
+    return ItemResult(
+        custom_id=cid,
+        line=line,
+        label=label,
+        confidence=0.9,
+        tier=tier,
+        specialist_label=label,
+        specialist_confidence=0.9,
+        gold=gold,
+        correct=None if gold is None else label == gold,
+    )
+
+
+def started_job(store: JobStore, n: int) -> str:
+    job = store.create(SPEC)
+    store.put_chunk(job, 0, [Item(custom_id=f"c{i}", text="t", line=i + 1) for i in range(n)])
+    store.finish_intake(job, total=n, chunks=1)
+    return job
+
+
+def test_records_are_written_once_and_counted_once(store: JobStore) -> None:
+    job = started_job(store, 3)
+    assert store.record(job, results=[result("c0", 1), result("c1", 2, label="b")]) == 2
+    # the same chunk again, and a late different answer for c0: nothing changes
+    assert store.record(job, results=[result("c0", 1, label="z"), result("c1", 2, label="b")]) == 0
+    assert store.record(job, errors=[ItemError(line=1, custom_id="c0", code="x", message="late")]) == 0
+    view = store.get(job)
+    assert (view.counts.completed, view.counts.failed, view.status) == (2, 0, JobStatus.IN_PROGRESS)
+    assert {r["custom_id"]: r["label"] for r in store.iter_results(job)} == {"c0": "a", "c1": "b"}
+    stats = store.tier_stats(job)["specialist"]
+    assert (stats.answered, stats.labelled, stats.correct) == (2, 2, 1)
+
+
+def test_job_completes_when_every_line_has_a_record(store: JobStore) -> None:
+    job = started_job(store, 2)
+    store.put_invalid(job, [ItemError(line=3, custom_id=None, code="invalid_json", message="line 3: not JSON")])
+    store.redis.hset(f"cascade:job:{job}", "total", 3)
+    store.record(job, results=[result("c0", 1)])
+    assert store.get(job).status is JobStatus.IN_PROGRESS
+    store.record(job, errors=[ItemError(line=2, custom_id="c1", code="llm_error", message="down")])
+    view = store.get(job)
+    assert view.status is JobStatus.COMPLETED
+    assert (view.counts.total, view.counts.completed, view.counts.failed) == (3, 1, 2)
+    assert sorted(e["line"] for e in store.iter_errors(job)) == [2, 3]
+    assert store.chunk(job, 0) == []  # chunks are dropped once the job has ended
+
+
+def test_job_with_no_valid_line_fails_at_validation(store: JobStore) -> None:
+    job = store.create(SPEC)
+    store.put_invalid(job, [ItemError(line=1, custom_id=None, code="invalid_json", message="line 1: not JSON")])
+    store.finish_intake(job, total=1, chunks=0)
+    view = store.get(job)
+    assert view.status is JobStatus.FAILED
+    assert view.error == "the input has no valid line"
+
+
+def test_cancel_is_final_and_keeps_finished_records(store: JobStore) -> None:
+    job = started_job(store, 2)
+    store.record(job, results=[result("c0", 1)])
+    assert store.end(job, JobStatus.CANCELLED)
+    assert not store.end(job, JobStatus.FAILED)
+    store.record(job, results=[result("c1", 2)])
+    view = store.get(job)
+    assert view.status is JobStatus.CANCELLED
+    assert [r["custom_id"] for r in store.iter_results(job)][0] == "c0"

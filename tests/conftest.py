@@ -1,0 +1,170 @@
+"""Shared fixtures: a real Redis database of the tests' own, trained models, real worker processes, vLLM.
+
+Redis: ``CASCADE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``), flushed by the tests; never db 0.
+vLLM: the server at ``CASCADE_LLM_URL`` when it answers, else started once per session by
+``deploy/local/vllm_serve.sh`` (and stopped at the end if this session started it).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import redis
+
+from broker.settings import Settings
+from broker.store import JobStore
+from workers import specialist
+from workers.data import read_labelled_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
+TEST_REDIS_URL = os.environ.get("CASCADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CASCADE = str(Path(sys.executable).parent / "cascade")
+
+
+def _check_test_db(url: str) -> None:
+    if url.rstrip("/").endswith(("/0", ":6379")):
+        raise RuntimeError(f"tests refuse to flush Redis database 0 ({url}); set CASCADE_TEST_REDIS_URL")
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    _check_test_db(TEST_REDIS_URL)
+    llm_url = os.environ.get("CASCADE_LLM_URL", "http://127.0.0.1:8000/v1")
+    return Settings(redis_url=TEST_REDIS_URL, llm_url=llm_url, chunk_size=300)
+
+
+@pytest.fixture
+def redis_db(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(settings: Settings, redis_db: redis.Redis) -> JobStore:
+    return JobStore(redis_db, settings.job_ttl)
+
+
+def dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.is_dir():
+        pytest.fail(f"dataset {path} is missing (read from ../shared/datasets, set CASCADE_DATASETS)")
+    return path
+
+
+def _train(tmp: Path, csv: Path) -> Path:
+    data = read_labelled_csv(csv)
+    report = specialist.train(data.texts, data.labels)
+    return specialist.save(report, tmp, data.sha256)
+
+
+@pytest.fixture(scope="session")
+def sms_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("sms_model"), dataset("sms_spam") / "train.csv")
+
+
+@pytest.fixture(scope="session")
+def banking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("banking_model"), dataset("banking77") / "train.csv")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object] | str]) -> Path:
+    with path.open("w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CASCADE_REDIS_URL": settings.redis_url,
+            "CASCADE_LLM_URL": settings.llm_url,
+            "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
+        }
+    )
+    return env
+
+
+WorkerFactory = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start real `cascade worker` processes; all are stopped at the end of the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(queues: str = "specialist", concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            CASCADE,
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"test{len(procs)}-{os.getpid()}@%h",
+            "--loglevel",
+            "INFO",
+        ]
+        with (tmp_path / f"worker-{len(procs)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, env={**_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(store: JobStore, job_id: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.get(job_id).status.is_final:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not end within {timeout} s: {store.get(job_id)}")
+
+
+def _llm_healthy(llm_url: str) -> bool:
+    try:
+        return httpx2.get(llm_url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def vllm_server(settings: Settings) -> Iterator[str]:
+    """The real vLLM CPU server, started once per session when it does not answer yet."""
+    if _llm_healthy(settings.llm_url):
+        yield settings.llm_url
+        return
+    port = settings.llm_url.removesuffix("/v1").rsplit(":", 1)[-1]
+    env = {**os.environ, "CASCADE_VLLM_PORT": port}
+    subprocess.run(["bash", str(ROOT / "deploy" / "local" / "vllm_serve.sh")], env=env, check=True, timeout=1800)
+    if not _llm_healthy(settings.llm_url):
+        pytest.fail(f"vLLM did not come up at {settings.llm_url}")
+    yield settings.llm_url
+    pidfile = Path(os.environ.get("CASCADE_VLLM_HOME", Path.home() / ".cache" / "cascade")) / f"vllm-{port}.pid"
+    if os.environ.get("CASCADE_KEEP_VLLM") != "1" and pidfile.exists():
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)

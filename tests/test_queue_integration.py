@@ -1,0 +1,83 @@
+"""Jobs through the real Redis and real `cascade worker` processes (no LLM needed: threshold 0)."""
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+from broker.jobs import JobStatus
+from broker.settings import Settings
+from broker.store import JobStore
+from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
+
+
+def sms_rows() -> list[dict[str, object] | str]:
+    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
+        return [{"custom_id": f"sms-{r['id']}", "text": r["text"], "label": r["label"]} for r in csv.DictReader(f)]
+
+
+def submit(settings: Settings, path: Path, model: Path, *extra: str) -> str:
+    out = subprocess.run(
+        [CASCADE, "submit", str(path), "--model", str(model), *extra],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def export(settings: Settings, what: str, job: str, tmp_path: Path) -> list[dict[str, object]]:
+    target = tmp_path / f"{what}.jsonl"
+    subprocess.run([CASCADE, what, job, "-o", str(target)], env=_env(settings), check=True, timeout=120)
+    return [json.loads(line) for line in target.read_text().splitlines()]
+
+
+def test_sms_job_comes_back_complete_with_bad_lines_in_errors(
+    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    rows = sms_rows()
+    bad: dict[int, str] = {}  # 1-based line number -> expected error code
+    for position, (line, code) in enumerate(
+        [
+            ("not json at all", "invalid_json"),
+            (json.dumps({"custom_id": "no-text"}), "missing_field"),
+            (json.dumps({"custom_id": rows[0]["custom_id"], "text": "again"}), "duplicate_custom_id"),  # type: ignore[index]
+            (json.dumps({"custom_id": "huge", "text": "x" * (settings.max_text_chars + 1)}), "text_too_long"),
+        ]
+    ):
+        at = 100 + position * 1000
+        rows.insert(at, line)
+        bad[at + 1] = code
+    path = write_jsonl(tmp_path / "sms.jsonl", rows)
+    start_worker(queues="specialist", concurrency=2)
+    start_worker(queues="specialist", concurrency=1)
+
+    job = submit(settings, path, sms_model, "--threshold", "0")
+    wait_for(store, job, timeout=300)
+
+    view = store.get(job)
+    assert view.status is JobStatus.COMPLETED
+    results = export(settings, "results", job, tmp_path)
+    errors = export(settings, "errors", job, tmp_path)
+    assert {e["line"]: e["code"] for e in errors} == bad
+    result_ids = [r["custom_id"] for r in results]
+    assert len(result_ids) == len(set(result_ids)) == len(rows) - len(bad)
+    result_lines = [int(str(r["line"])) for r in results]
+    assert sorted(result_lines + list(bad)) == list(range(1, len(rows) + 1))  # every line exactly once
+    assert (view.counts.total, view.counts.completed, view.counts.failed) == (len(rows), len(results), len(bad))
+    accuracy = sum(r["correct"] is True for r in results) / len(results)
+    assert accuracy > 0.95
+    assert all(r["tier"] == "specialist" for r in results)
+
+
+def test_file_with_no_valid_line_fails_at_validating(
+    settings: Settings, store: JobStore, sms_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "garbage.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary\nnot json\n")
+    job = submit(settings, path, sms_model)
+    view = store.get(job)
+    assert view.status is JobStatus.FAILED
+    assert view.counts.failed == view.counts.total == 4  # four lines, none valid

@@ -1,0 +1,97 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+
+from broker.exceptions import InputError, ModelError
+from tests.conftest import dataset
+from workers import specialist
+from workers.data import read_labelled_csv
+
+
+def copy_model(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_trained_model_loads_and_predicts_well(sms_model: Path) -> None:
+    model = specialist.load(sms_model)
+    test = read_labelled_csv(dataset("sms_spam") / "test.csv")
+    proba = model.predict_proba(test.texts)
+    assert proba.shape == (len(test.texts), 2)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    accuracy = np.mean(np.asarray(model.labels)[proba.argmax(axis=1)] == np.asarray(test.labels))
+    assert accuracy > 0.95
+    assert model.manifest["metrics"]["holdout_accuracy"] > 0.95
+    assert model.manifest["data_sha256"] == read_labelled_csv(dataset("sms_spam") / "train.csv").sha256
+
+
+def test_altered_model_file_is_refused(sms_model: Path, tmp_path: Path) -> None:
+    model = copy_model(sms_model, tmp_path)
+    with (model / specialist.MODEL_FILE).open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="altered"):
+        specialist.load(model)
+
+
+def test_folder_without_cascade_manifest_is_refused(sms_model: Path, tmp_path: Path) -> None:
+    model = copy_model(sms_model, tmp_path)
+    (model / specialist.MANIFEST_FILE).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelError, match="not a Cascade specialist manifest"):
+        specialist.load(model)
+    with pytest.raises(ModelError, match="no manifest.json"):
+        specialist.load(tmp_path / "empty")
+
+
+def test_other_library_versions_are_refused(sms_model: Path, tmp_path: Path) -> None:
+    model = copy_model(sms_model, tmp_path)
+    manifest = json.loads((model / specialist.MANIFEST_FILE).read_text())
+    manifest["versions"]["scikit-learn"] = "0.1.0"
+    (model / specialist.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"scikit-learn 0\.1\.0"):
+        specialist.load(model)
+
+
+def test_file_with_untrusted_types_is_refused_even_with_a_matching_manifest(sms_model: Path, tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestClassifier  # holds types outside the allow-list
+
+    model = copy_model(sms_model, tmp_path)
+    forest = RandomForestClassifier(n_estimators=2).fit([[0.0], [1.0]], [0, 1])
+    sio.dump(forest, model / specialist.MODEL_FILE)
+    manifest = json.loads((model / specialist.MANIFEST_FILE).read_text())
+    manifest["model_sha256"] = specialist._sha256(model / specialist.MODEL_FILE)
+    (model / specialist.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="types Cascade does not load"):
+        specialist.load(model)
+
+
+def test_job_checksum_must_match(sms_model: Path) -> None:
+    with pytest.raises(ModelError, match="not the model this job"):
+        specialist.load(sms_model, expected_sha256="0" * 64)
+
+
+def test_top_candidates_orders_by_probability() -> None:
+    proba = np.array([0.1, 0.5, 0.15, 0.25])
+    labels = ["a", "b", "c", "d"]
+    assert specialist.top_candidates(proba, labels, 2) == ["b", "d"]
+    assert specialist.top_candidates(proba, labels, 0) == ["b", "d", "c", "a"]
+
+
+def test_training_refuses_labels_too_rare_to_calibrate() -> None:
+    with pytest.raises(InputError, match="fewer than 4 examples.*: rare"):
+        specialist.train(["a b"] * 10 + ["c d"], ["common"] * 10 + ["rare"])
+
+
+def test_csv_errors_name_the_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,greet\n,greet\n")
+    with pytest.raises(InputError, match=r"line 3: field 'text' is empty"):
+        read_labelled_csv(bad)
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("body,label\nhello,greet\n")
+    with pytest.raises(InputError, match="no text column"):
+        read_labelled_csv(nocol)
