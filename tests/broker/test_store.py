@@ -71,4 +71,4 @@ def test_cancel_is_final_and_keeps_finished_records(store: JobStore) -> None:
     store.record(job, results=[result("c1", 2)])
     view = store.get(job)
     assert view.status is JobStatus.CANCELLED
-    assert [r["custom_id"] for r in store.iter_results(job)][0] == "c0"
+    assert [r["custom_id"] for r in store.iter_results(job)] == ["c0"]

@@ -43,7 +43,7 @@ def test_folder_without_cascade_manifest_is_refused(sms_model: Path, tmp_path: P
     (model / specialist.MANIFEST_FILE).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ModelError, match="not a Cascade specialist manifest"):
         specialist.load(model)
-    with pytest.raises(ModelError, match="no manifest.json"):
+    with pytest.raises(ModelError, match=r"no manifest\.json"):
         specialist.load(tmp_path / "empty")
 
 
@@ -82,7 +82,7 @@ def test_top_candidates_orders_by_probability() -> None:
 
 
 def test_training_refuses_labels_too_rare_to_calibrate() -> None:
-    with pytest.raises(InputError, match="fewer than 4 examples.*: rare"):
+    with pytest.raises(InputError, match=r"fewer than 4 examples.*: rare"):
         specialist.train(["a b"] * 10 + ["c d"], ["common"] * 10 + ["rare"])
 
 
