@@ -168,3 +168,8 @@ def vllm_server(settings: Settings) -> Iterator[str]:
     pidfile = Path(os.environ.get("CASCADE_VLLM_HOME", Path.home() / ".cache" / "cascade")) / f"vllm-{port}.pid"
     if os.environ.get("CASCADE_KEEP_VLLM") != "1" and pidfile.exists():
         os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need vLLM run last: the server may still be starting in the background."""
+    items.sort(key=lambda item: item.get_closest_marker("llm") is not None)

@@ -81,3 +81,12 @@ def test_file_with_no_valid_line_fails_at_validating(
     view = store.get(job)
     assert view.status is JobStatus.FAILED
     assert view.counts.failed == view.counts.total == 4  # four lines, none valid
+
+
+def test_worker_refuses_to_serve_llm_queue_without_a_working_server(settings: Settings) -> None:
+    env = {**_env(settings), "CASCADE_LLM_URL": "http://127.0.0.1:9/v1", "CASCADE_LLM_MAX_RETRIES": "0"}
+    proc = subprocess.run(
+        [CASCADE, "worker", "--queues", "llm"], check=False, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "does not answer" in proc.stderr

@@ -1,0 +1,37 @@
+# Sourced by the scripts in deploy/local: the project's virtual environment and a Redis that answers.
+# shellcheck shell=bash
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+state="${CASCADE_VLLM_HOME:-$HOME/.cache/cascade}"
+mkdir -p "$state"
+
+ensure_venv() {
+  local python="${PYTHON:-python3.11}"
+  command -v "$python" >/dev/null || python=python3
+  if [ ! -x "$root/.venv/bin/cascade" ] || [ "$root/pyproject.toml" -nt "$root/.venv/.installed" ]; then
+    echo "[cascade] installing the project into $root/.venv" >&2
+    [ -x "$root/.venv/bin/python" ] || "$python" -m venv "$root/.venv"
+    "$root/.venv/bin/pip" install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
+    "$root/.venv/bin/pip" install --quiet -e "$root[dev]" 2>&1 | { grep -v "is ignored" || true; }
+    "$root/.venv/bin/cascade" --help >/dev/null
+    touch "$root/.venv/.installed"
+  fi
+}
+
+redis_answers() {
+  (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null
+}
+
+ensure_redis() {
+  if redis_answers; then return 0; fi
+  echo "[cascade] Redis does not answer on 127.0.0.1:6379; starting it" >&2
+  if ! command -v redis-server >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/cascade.log
+  for _ in $(seq 1 50); do redis_answers && return 0; sleep 0.2; done
+  echo "[cascade] Redis did not start" >&2
+  return 1
+}

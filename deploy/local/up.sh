@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Start the whole local stack: the project's venv, Redis, the vLLM CPU server, and one worker serving both
+# queues. Each part is reused when it already runs. Stop it with deploy/local/down.sh.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+ensure_venv
+ensure_redis
+bash "$root/deploy/local/vllm_serve.sh"
+
+pidfile="$state/worker.pid"
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "[cascade] worker already running (pid $(cat "$pidfile"))" >&2
+else
+  echo "[cascade] starting a worker (queues specialist,llm), log in $state/worker.log" >&2
+  nohup "$root/.venv/bin/cascade" worker --queues specialist,llm --concurrency 2 \
+    >"$state/worker.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  sleep 3
+  kill -0 "$(cat "$pidfile")" 2>/dev/null || { tail -n 20 "$state/worker.log" >&2; exit 1; }
+fi

@@ -1,0 +1,101 @@
+"""End to end against the real vLLM CPU server (SmolLM2-135M-Instruct): no fake LLM here."""
+
+import asyncio
+import csv
+from pathlib import Path
+
+import pytest
+
+from broker.jobs import JobStatus
+from broker.settings import Settings
+from broker.store import JobStore
+from tests.conftest import WorkerFactory, dataset, wait_for, write_jsonl
+from tests.test_queue_integration import export, submit
+from workers import specialist
+from workers.llm import LLMClient
+from workers.pipeline import run_llm_chunk, run_specialist_chunk
+
+pytestmark = pytest.mark.llm
+
+N_ITEMS = 800
+
+
+def banking_rows(n: int) -> list[dict[str, object] | str]:
+    with (dataset("banking77") / "test.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    return [{"custom_id": f"b77-{i}", "text": r["text"], "label": r["label"]} for i, r in enumerate(rows)]
+
+
+def test_banking77_job_escalates_unsure_items_to_the_llm(
+    settings: Settings,
+    store: JobStore,
+    banking_model: Path,
+    vllm_server: str,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    rows = banking_rows(N_ITEMS)
+    path = write_jsonl(tmp_path / "b77.jsonl", rows)
+    start_worker(queues="specialist,llm", concurrency=2)
+
+    job = submit(settings, path, banking_model, "--threshold", "0.5", "--top-k", "5")
+    wait_for(store, job, timeout=900)
+
+    view = store.get(job)
+    assert view.status is JobStatus.COMPLETED
+    results = export(settings, "results", job, tmp_path)
+    assert sorted(str(r["custom_id"]) for r in results) == sorted(str(r["custom_id"]) for r in rows)  # type: ignore[index]
+    escalated = [r for r in results if r["candidates"] is not None]
+    assert 0 < len(escalated) < len(results) / 2
+    assert len(escalated) == view.counts.escalated
+    assert all(float(r["specialist_confidence"]) < 0.5 for r in escalated)  # type: ignore[arg-type]
+    assert all(float(r["specialist_confidence"]) >= 0.5 for r in results if r["candidates"] is None)  # type: ignore[arg-type]
+    answered = [r for r in escalated if r["tier"] == "llm"]
+    assert len(answered) >= 0.9 * len(escalated), "most escalated items should get an LLM answer"
+    for r in answered:
+        assert r["llm_label"] in r["candidates"]  # type: ignore[operator]
+        assert len(r["candidates"]) == 5  # type: ignore[arg-type]
+        assert 0.0 <= float(r["llm_confidence"]) <= 1.0  # type: ignore[arg-type]
+        assert r["label"] == r["llm_label"]
+    assert store.tier_stats(job)["llm"].answered == len(answered)
+    assert view.llm_seconds > 0
+
+
+def test_chunk_run_twice_changes_nothing(
+    settings: Settings, store: JobStore, banking_model: Path, vllm_server: str, tmp_path: Path
+) -> None:
+    """The plain functions behind the tasks, called twice as a redelivery would: same records, same counts."""
+    from broker.jobs import JobSpec
+    from broker.submit import submit_file
+    from workers.specialist import read_manifest
+
+    path = write_jsonl(tmp_path / "b77.jsonl", banking_rows(120))
+    spec = JobSpec(
+        model_path=str(banking_model),
+        model_sha256=read_manifest(banking_model)["model_sha256"],
+        threshold=0.6,
+        top_k=3,
+        llm_model=settings.llm_model,
+    )
+    sent: list[int] = []
+    job = submit_file(store, lambda _job, index: sent.append(index), settings, path, spec)
+    model = specialist.load(banking_model)
+
+    first = run_specialist_chunk(store, model, job, 0)
+    snapshot = sorted(store.iter_results(job), key=lambda r: str(r["custom_id"]))
+    again = run_specialist_chunk(store, model, job, 0)
+    assert [e.custom_id for e in again] == [e.custom_id for e in first]
+    assert sorted(store.iter_results(job), key=lambda r: str(r["custom_id"])) == snapshot
+    assert first, "threshold 0.6 should escalate some of 120 Banking77 items"
+
+    async def llm_twice() -> None:
+        async with LLMClient(settings) as client:
+            await run_llm_chunk(store, client, job, first)
+            await run_llm_chunk(store, client, job, first)
+
+    asyncio.run(llm_twice())
+    view = store.get(job)
+    assert view.status is JobStatus.COMPLETED
+    assert view.counts.completed + view.counts.failed == 120
+    assert store.tier_stats(job)["llm"].answered + store.llm_errors(job) <= len(first)
+    assert run_specialist_chunk(store, model, job, 0) == []  # the job ended: its chunks are gone
