@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from pydantic import TypeAdapter
 
 from broker.exceptions import JobError
 from broker.jobs import Counts, Item, ItemError, ItemResult, JobSpec, JobStatus, JobView
@@ -25,27 +26,33 @@ ERRORS_SUFFIX = ":errors"  # hash: custom_id -> ItemError JSON, for valid items 
 INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines refused at intake
 ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM
 
-# KEYS: job, results, errors. ARGV: groups of (kind 'r'|'e', custom_id, record JSON, tier, correct 1|0|-1,
-# llm_error 1|0). Writes a record only for an item that has none yet, and counts it once per tier.
+# KEYS: job, results, errors. ARGV[1]: a JSON list of [kind 'r'|'e', custom_id, tier, correct 1|0|-1,
+# llm_error 1|0, record JSON]. Writes a record only for an item that has none yet, and counts it once per tier.
 _RECORD = """
 local added = 0
-for i = 1, #ARGV, 6 do
-  local id = ARGV[i + 1]
-  if redis.call('HEXISTS', KEYS[2], id) == 0 and redis.call('HEXISTS', KEYS[3], id) == 0 then
-    if ARGV[i] == 'r' then
-      redis.call('HSET', KEYS[2], id, ARGV[i + 2])
-      local tier = ARGV[i + 3]
-      redis.call('HINCRBY', KEYS[1], 'answered:' .. tier, 1)
-      if ARGV[i + 4] ~= '-1' then
-        redis.call('HINCRBY', KEYS[1], 'labelled:' .. tier, 1)
-        redis.call('HINCRBY', KEYS[1], 'correct:' .. tier, tonumber(ARGV[i + 4]))
+local counts = {}
+local function bump(field, n) counts[field] = (counts[field] or 0) + n end
+for _, rec in ipairs(cjson.decode(ARGV[1])) do
+  local id = rec[2]
+  if redis.call('HEXISTS', KEYS[3], id) == 0 then
+    if rec[1] == 'r' then
+      if redis.call('HSETNX', KEYS[2], id, rec[6]) == 1 then
+        added = added + 1
+        bump('answered:' .. rec[3], 1)
+        if rec[4] ~= -1 then
+          bump('labelled:' .. rec[3], 1)
+          bump('correct:' .. rec[3], rec[4])
+        end
+        bump('llm_errors', rec[5])
       end
-      if ARGV[i + 5] == '1' then redis.call('HINCRBY', KEYS[1], 'llm_errors', 1) end
-    else
-      redis.call('HSET', KEYS[3], id, ARGV[i + 2])
+    elseif redis.call('HEXISTS', KEYS[2], id) == 0 then
+      redis.call('HSET', KEYS[3], id, rec[6])
+      added = added + 1
     end
-    added = added + 1
   end
+end
+for field, n in pairs(counts) do
+  if n ~= 0 then redis.call('HINCRBY', KEYS[1], field, n) end
 end
 return added
 """
@@ -70,6 +77,9 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then ret
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 return 1
 """
+
+
+_ITEMS = TypeAdapter(list[Item])
 
 
 @dataclass(frozen=True)
@@ -178,14 +188,14 @@ class JobStore:
     # --- intake -------------------------------------------------------------------------------------------
 
     def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None:
-        payload = json.dumps([i.model_dump() for i in items])
+        payload = _ITEMS.dump_json(list(items))
         self.redis.set(JOB_PREFIX + job_id + CHUNK_SUFFIX + str(index), payload, ex=self.job_ttl)
 
     def chunk(self, job_id: str, index: int) -> list[Item]:
         raw = self.redis.get(JOB_PREFIX + job_id + CHUNK_SUFFIX + str(index))
         if raw is None:
             return []
-        return [Item.model_validate(d) for d in json.loads(raw)]
+        return _ITEMS.validate_json(raw)
 
     def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
         if not errors:
@@ -236,19 +246,26 @@ class JobStore:
 
     def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> int:
         """Write the records of items that have none yet; returns how many were new. Then ends the job if done."""
-        args: list[str] = []
-        for r in results:
-            correct = "-1" if r.correct is None else str(int(r.correct))
-            args += ["r", r.custom_id, r.model_dump_json(), r.tier.value, correct, "1" if r.llm_error else "0"]
+        records: list[list[object]] = [
+            [
+                "r",
+                r.custom_id,
+                r.tier.value,
+                -1 if r.correct is None else int(r.correct),
+                int(bool(r.llm_error)),
+                r.model_dump_json(),
+            ]
+            for r in results
+        ]
         for e in errors:
             if e.custom_id is None:
                 raise ValueError("an item error needs its custom_id")
-            args += ["e", e.custom_id, e.model_dump_json(), "", "-1", "0"]
-        if not args:
+            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json()])
+        if not records:
             return 0
         key = JOB_PREFIX + job_id
         keys = [key, key + RESULTS_SUFFIX, key + ERRORS_SUFFIX]
-        added = cast(int, self._record(keys=keys, args=args))
+        added = cast(int, self._record(keys=keys, args=[json.dumps(records)]))
         with self.redis.pipeline() as pipe:
             pipe.expire(key + RESULTS_SUFFIX, self.job_ttl)
             pipe.expire(key + ERRORS_SUFFIX, self.job_ttl)

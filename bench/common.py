@@ -1,0 +1,85 @@
+"""Helpers for the benchmarks: a Redis database of their own, real worker processes, Banking77 texts."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from broker.settings import Settings
+from broker.store import JobStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
+OUT = ROOT / "bench" / "out"
+CASCADE = str(Path(sys.executable).parent / "cascade")
+
+
+def bench_settings(**overrides: object) -> Settings:
+    url = os.environ.get("CASCADE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    return Settings(redis_url=url, **overrides)  # type: ignore[arg-type]
+
+
+def fresh_store(settings: Settings) -> JobStore:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.flushdb()
+    return JobStore(client, settings.job_ttl)
+
+
+def banking(split: str) -> tuple[list[str], list[str]]:
+    with (DATASETS / "banking77" / f"{split}.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+@contextmanager
+def workers(settings: Settings, queues: str, processes: int = 1, concurrency: int = 2) -> Iterator[None]:
+    env = {
+        **os.environ,
+        "CASCADE_REDIS_URL": settings.redis_url,
+        "CASCADE_LLM_URL": settings.llm_url,
+        "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                CASCADE,
+                "worker",
+                "--queues",
+                queues,
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"bench{i}@%h",
+                "--loglevel",
+                "WARNING",
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        for i in range(processes)
+    ]
+    try:
+        time.sleep(4)  # let the workers connect before the clock starts
+        yield
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def wait_done(store: JobStore, job_id: str, timeout: float = 3600) -> float:
+    """Seconds from now until the job has ended."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if store.get(job_id).status.is_final:
+            return time.perf_counter() - start
+        time.sleep(0.05)
+    raise TimeoutError(job_id)

@@ -1,0 +1,77 @@
+"""Specialist tier: items/s of a 100k-item job through Redis and Celery, against predict_proba in one process.
+
+    python bench/specialist_throughput.py [--items 100000]
+
+Both runs classify the same texts (Banking77 test texts repeated) in the same run of this script; the job runs
+with threshold 0 so that nothing is escalated. Prints both rates and their ratio (we aim for at least 0.8).
+"""
+
+import argparse
+import json
+import time
+
+from bench.common import OUT, banking, bench_settings, fresh_store, wait_done, workers
+from broker.celery_app import app, configure, send_specialist_chunk
+from broker.jobs import JobSpec, JobStatus
+from broker.submit import submit_file
+from workers import specialist
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, default=1, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool slots per worker process")
+    args = parser.parse_args()
+
+    settings = bench_settings()
+    store = fresh_store(settings)
+    OUT.mkdir(parents=True, exist_ok=True)
+    model_dir = OUT / "banking77-model"
+    if not (model_dir / specialist.MANIFEST_FILE).exists():
+        texts, labels = banking("train")
+        specialist.save(specialist.train(texts, labels), model_dir, "bench")
+    model = specialist.load(model_dir)
+
+    test_texts, _ = banking("test")
+    texts = [test_texts[i % len(test_texts)] for i in range(args.items)]
+    jsonl = OUT / f"specialist-{args.items}.jsonl"
+    with jsonl.open("w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"custom_id": f"i{i}", "text": t}) + "\n")
+
+    start = time.perf_counter()
+    model.predict_proba(texts)
+    baseline = args.items / (time.perf_counter() - start)
+
+    configure(app, settings)
+    spec = JobSpec(
+        model_path=str(model_dir.resolve()),
+        model_sha256=model.sha256,
+        threshold=0.0,
+        top_k=5,
+        llm_model=settings.llm_model,
+    )
+    with workers(settings, "specialist", processes=args.processes, concurrency=args.concurrency):
+        start = time.perf_counter()
+        job = submit_file(store, lambda j, n: send_specialist_chunk(app, j, n), settings, jsonl, spec)
+        submitted = time.perf_counter() - start
+        wait_done(store, job)
+        elapsed = time.perf_counter() - start
+    view = store.get(job)
+    if view.status is not JobStatus.COMPLETED or view.counts.completed != args.items:
+        raise SystemExit(f"the job did not complete every item: {view}")
+    cascade = args.items / elapsed
+
+    print(
+        f"items: {args.items}, chunk size {settings.chunk_size}, "
+        f"worker processes {args.processes} x {args.concurrency} slots"
+    )
+    print(f"submission (read, validate, store, enqueue) took {submitted:.2f} s of the job's {elapsed:.2f} s")
+    print(f"in-process predict_proba: {baseline:,.0f} items/s")
+    print(f"cascade job (submit -> completed, Redis + Celery): {cascade:,.0f} items/s")
+    print(f"ratio cascade / in-process: {cascade / baseline:.2f}  (goal >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
