@@ -10,11 +10,10 @@ import argparse
 import json
 import time
 
-from bench.common import OUT, banking, bench_settings, fresh_store, wait_done, workers
+from bench.common import OUT, banking, bench_model, bench_settings, fresh_store, wait_done, workers
 from broker.celery_app import app, configure, send_specialist_chunk
 from broker.jobs import JobSpec, JobStatus
 from broker.submit import submit_file
-from workers import specialist
 
 
 def main() -> None:
@@ -26,12 +25,7 @@ def main() -> None:
 
     settings = bench_settings()
     store = fresh_store(settings)
-    OUT.mkdir(parents=True, exist_ok=True)
-    model_dir = OUT / "banking77-model"
-    if not (model_dir / specialist.MANIFEST_FILE).exists():
-        texts, labels = banking("train")
-        specialist.save(specialist.train(texts, labels), model_dir, "bench")
-    model = specialist.load(model_dir)
+    model_dir, model = bench_model()
 
     test_texts, _ = banking("test")
     texts = [test_texts[i % len(test_texts)] for i in range(args.items)]

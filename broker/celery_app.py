@@ -7,7 +7,7 @@ called once by the CLI before a worker starts or a job is submitted.
 from enum import Enum
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from broker.settings import Settings
 
@@ -31,6 +31,12 @@ class CascadeCelery(Celery):  # type: ignore[misc]
 app = CascadeCelery("cascade", include=["workers.tasks"])
 
 
+def _queue(name: QueueName) -> Queue:
+    # Each queue its own exchange and routing key: queues declared bare would share the default exchange and
+    # key, and every message would then be delivered to both queues.
+    return Queue(name.value, Exchange(name.value, type="direct"), routing_key=name.value)  # type: ignore[no-untyped-call]
+
+
 def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
     celery.settings = settings
     celery.conf.update(
@@ -46,7 +52,7 @@ def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(q.value) for q in QueueName],  # type: ignore[no-untyped-call]
+        task_queues=[_queue(q) for q in QueueName],
         task_default_queue=QueueName.SPECIALIST.value,
         task_routes={
             TaskName.SPECIALIST.value: {"queue": QueueName.SPECIALIST.value},

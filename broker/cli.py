@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -296,6 +297,9 @@ def main() -> None:
         cli()
     except CascadeError as e:
         err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except redis.ConnectionError as e:
+        err.print(f"[bold red]error:[/] Redis does not answer at CASCADE_REDIS_URL ({e})")
         sys.exit(2)
 
 

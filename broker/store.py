@@ -164,6 +164,17 @@ class JobStore:
             error=h.get("error"),
         )
 
+    def wait(self, job_id: str, timeout: float, poll: float = 0.1) -> JobView:
+        """Block until the job has ended; ``JobError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.get(job_id)
+            if view.status.is_final:
+                return view
+            if time.monotonic() > deadline:
+                raise JobError(f"job {job_id} did not end within {timeout} s: {view.status.value}")
+            time.sleep(poll)
+
     def tier_stats(self, job_id: str) -> dict[str, TierStats]:
         h = {
             str(k): int(v)

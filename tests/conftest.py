@@ -138,12 +138,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerFactory]:
 
 
 def wait_for(store: JobStore, job_id: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if store.get(job_id).status.is_final:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} did not end within {timeout} s: {store.get(job_id)}")
+    store.wait(job_id, timeout)
 
 
 def _llm_healthy(llm_url: str) -> bool:

@@ -58,6 +58,11 @@ def test_banking77_job_escalates_unsure_items_to_the_llm(
         assert 0.0 <= float(r["llm_confidence"]) <= 1.0  # type: ignore[arg-type]
         assert r["label"] == r["llm_label"]
     assert store.tier_stats(job)["llm"].answered == len(answered)
+    # each task ran once: a message routed to both queues would run twice on this worker, which serves both
+    logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    n_chunks = -(-N_ITEMS // settings.chunk_size)
+    assert logs.count("succeeded") == n_chunks + logs.count("Task cascade.llm_chunk[") // 2
+    assert logs.count("Task cascade.specialist_chunk[") == 2 * n_chunks  # 'received' and 'succeeded'
     assert view.llm_seconds > 0
 
 

@@ -67,6 +67,11 @@ def test_sms_job_comes_back_complete_with_bad_lines_in_errors(
     result_lines = [int(str(r["line"])) for r in results]
     assert sorted(result_lines + list(bad)) == list(range(1, len(rows) + 1))  # every line exactly once
     assert (view.counts.total, view.counts.completed, view.counts.failed) == (len(rows), len(results), len(bad))
+    # each chunk ran once: a message delivered to more than one queue would run twice
+    n_chunks = -(-(len(rows) - len(bad)) // settings.chunk_size)
+    logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    assert logs.count("Task cascade.specialist_chunk[") == 2 * n_chunks  # 'received' and 'succeeded' lines
+    assert logs.count("succeeded") == n_chunks
     accuracy = sum(r["correct"] is True for r in results) / len(results)
     assert accuracy > 0.95
     assert all(r["tier"] == "specialist" for r in results)
