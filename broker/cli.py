@@ -178,16 +178,19 @@ def _pct(x: float | None) -> str:
 
 def _print_summary(s: Summary) -> None:
     table = Table(title=f"{s.job_id}: {s.status}")
-    for col in ("tier", "answered", "accuracy", "seconds"):
-        table.add_column(col, justify="right" if col != "tier" else "left")
+    table.add_column("tier")
+    for col in ("answered", "accuracy", "specialist alone", "task seconds"):
+        table.add_column(col, justify="right")
     for name, t in s.tiers.items():
-        table.add_row(name, str(t.answered), _pct(t.accuracy), f"{t.seconds:.1f}")
-    table.add_row("all", str(s.completed), _pct(s.accuracy), f"{s.wall_seconds or 0:.1f} (wall)")
+        table.add_row(name, str(t.answered), _pct(t.accuracy), _pct(t.specialist_accuracy), f"{t.task_seconds:.1f}")
+    wall = f"{s.wall_seconds:.1f} wall" if s.wall_seconds is not None else "-"
+    table.add_row("all", str(s.completed), _pct(s.accuracy), _pct(s.specialist_only_accuracy), wall)
     out.print(table)
     out.print(
         f"items {s.total}, completed {s.completed}, failed {s.failed}, escalated {s.escalated} "
-        f"({_pct(s.escalation_share)}), LLM errors {s.llm_errors}; accuracy over {s.labelled} labelled "
-        f"items {_pct(s.accuracy)}"
+        f"({_pct(s.escalation_share)}), LLM errors {s.llm_errors}\n"
+        f"accuracy over {s.labelled} labelled items: cascade {_pct(s.accuracy)}, "
+        f"specialist alone {_pct(s.specialist_only_accuracy)}"
     )
 
 

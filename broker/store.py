@@ -27,7 +27,8 @@ INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines re
 ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM
 
 # KEYS: job, results, errors. ARGV[1]: a JSON list of [kind 'r'|'e', custom_id, tier, correct 1|0|-1,
-# llm_error 1|0, record JSON]. Writes a record only for an item that has none yet, and counts it once per tier.
+# llm_error 1|0, record JSON, specialist's answer correct 1|0|-1]. Writes a record only for an item that has
+# none yet, and counts it once per tier.
 _RECORD = """
 local added = 0
 local counts = {}
@@ -42,6 +43,7 @@ for _, rec in ipairs(cjson.decode(ARGV[1])) do
         if rec[4] ~= -1 then
           bump('labelled:' .. rec[3], 1)
           bump('correct:' .. rec[3], rec[4])
+          bump('specialist_correct:' .. rec[3], rec[7])
         end
         bump('llm_errors', rec[5])
       end
@@ -84,9 +86,12 @@ _ITEMS = TypeAdapter(list[Item])
 
 @dataclass(frozen=True)
 class TierStats:
+    """What one tier answered; ``specialist_correct`` counts the specialist's own answers on those same items."""
+
     answered: int
     labelled: int
     correct: int
+    specialist_correct: int
 
     @property
     def accuracy(self) -> float | None:
@@ -179,11 +184,16 @@ class JobStore:
         h = {
             str(k): int(v)
             for k, v in self.redis.hgetall(JOB_PREFIX + job_id).items()
-            if str(k).startswith(("answered:", "labelled:", "correct:"))
+            if str(k).startswith(("answered:", "labelled:", "correct:", "specialist_correct:"))
         }
         tiers = {k.split(":", 1)[1] for k in h}
         return {
-            t: TierStats(h.get(f"answered:{t}", 0), h.get(f"labelled:{t}", 0), h.get(f"correct:{t}", 0))
+            t: TierStats(
+                answered=h.get(f"answered:{t}", 0),
+                labelled=h.get(f"labelled:{t}", 0),
+                correct=h.get(f"correct:{t}", 0),
+                specialist_correct=h.get(f"specialist_correct:{t}", 0),
+            )
             for t in sorted(tiers)
         }
 
@@ -265,13 +275,14 @@ class JobStore:
                 -1 if r.correct is None else int(r.correct),
                 int(bool(r.llm_error)),
                 r.model_dump_json(),
+                -1 if r.gold is None else int(r.specialist_label == r.gold),
             ]
             for r in results
         ]
         for e in errors:
             if e.custom_id is None:
                 raise ValueError("an item error needs its custom_id")
-            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json()])
+            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1])
         if not records:
             return 0
         key = JOB_PREFIX + job_id

@@ -9,7 +9,10 @@ from broker.store import TierStats
 class TierSummary(BaseModel):
     answered: int
     accuracy: float | None
-    seconds: float
+    specialist_accuracy: float | None
+    """The specialist's own accuracy on the items this tier answered: what escalating them changed."""
+    task_seconds: float
+    """Summed over the tier's tasks, which run concurrently."""
 
 
 class Summary(BaseModel):
@@ -23,6 +26,8 @@ class Summary(BaseModel):
     llm_errors: int
     accuracy: float | None
     """Over the completed items that carried a gold label."""
+    specialist_only_accuracy: float | None
+    """What the specialist alone would have scored on the same items."""
     labelled: int
     tiers: dict[str, TierSummary]
     wall_seconds: float | None
@@ -31,6 +36,7 @@ class Summary(BaseModel):
 def summarize(job: JobView, tiers: dict[str, TierStats], llm_errors: int) -> Summary:
     labelled = sum(t.labelled for t in tiers.values())
     correct = sum(t.correct for t in tiers.values())
+    specialist_correct = sum(t.specialist_correct for t in tiers.values())
     seconds = {"specialist": job.specialist_seconds, "llm": job.llm_seconds}
     valid = job.counts.completed + job.counts.failed
     return Summary(
@@ -43,9 +49,15 @@ def summarize(job: JobView, tiers: dict[str, TierStats], llm_errors: int) -> Sum
         escalation_share=job.counts.escalated / valid if valid else None,
         llm_errors=llm_errors,
         accuracy=correct / labelled if labelled else None,
+        specialist_only_accuracy=specialist_correct / labelled if labelled else None,
         labelled=labelled,
         tiers={
-            name: TierSummary(answered=t.answered, accuracy=t.accuracy, seconds=seconds.get(name, 0.0))
+            name: TierSummary(
+                answered=t.answered,
+                accuracy=t.accuracy,
+                specialist_accuracy=t.specialist_correct / t.labelled if t.labelled else None,
+                task_seconds=seconds.get(name, 0.0),
+            )
             for name, t in tiers.items()
         },
         wall_seconds=(job.finished_at - job.created_at) if job.finished_at else None,
