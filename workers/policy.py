@@ -1,13 +1,34 @@
-"""The escalation rule: one small pure function that compares the specialist's confidence with a threshold."""
+"""The escalation rule: small pure functions that decide, for one item, which tier answers it.
 
+Two forms of rule:
+- a fixed threshold: escalate when the specialist's confidence is below it (``route``);
+- a calibrated ``Policy`` (written by ``cascade calibrate``): confidence bands, per class or global, escalated
+  only where the LLM measured better than the specialist, an optional abstain band, and an exploration slice
+  (``route_with_policy``).
+Budgets rank a chunk's escalations by expected gain per unit of cost (``within_budget``).
+"""
+
+import bisect
+import hashlib
+from collections.abc import Sequence
 from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+POLICY_FORMAT = "cascade-policy/1"
+GLOBAL = "*"
+"""Key of the escalated bands that apply to every class (a global policy)."""
 
 
 class Route(str, Enum):
     ACCEPT = "accept"
     """The specialist's answer is final."""
     ESCALATE = "escalate"
-    """The item goes to the LLM."""
+    """The item goes to the LLM, whose answer is final."""
+    EXPLORE = "explore"
+    """The specialist's answer is final, and the LLM is asked too, to keep the tiers' accuracy measured."""
+    ABSTAIN = "abstain"
+    """Neither tier is likely right: the item goes to the abstain list for human review."""
 
 
 def route(confidence: float, threshold: float) -> Route:
@@ -15,3 +36,107 @@ def route(confidence: float, threshold: float) -> Route:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
     return Route.ESCALATE if confidence < threshold else Route.ACCEPT
+
+
+class Band(BaseModel):
+    """What calibration measured in one confidence band (over the selection half)."""
+
+    lo: float
+    hi: float
+    n: int
+    specialist_accuracy: float | None
+    n_llm: int
+    llm_accuracy: float | None
+
+    @property
+    def gain(self) -> float | None:
+        if self.specialist_accuracy is None or self.llm_accuracy is None:
+            return None
+        return self.llm_accuracy - self.specialist_accuracy
+
+
+class Certificate(BaseModel):
+    """The bound that backs a policy, computed on the certification half only."""
+
+    method: str
+    n: int
+    accuracy: float
+    """Point estimate of the cascade's accuracy on the certification half."""
+    lower_bound: float
+    """One-sided (1 - delta) lower confidence bound on the cascade's accuracy."""
+    escalation_share: float
+    abstain_share: float
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format: str = POLICY_FORMAT
+    version: str
+    created_at: float
+    target_accuracy: float = Field(ge=0.0, le=1.0)
+    delta: float = Field(gt=0.0, lt=1.0)
+    reachable: bool
+    message: str
+    edges: list[float]
+    """Band edges, ascending from 0 to 1: band i is [edges[i], edges[i+1])."""
+    escalate: dict[str, list[int]]
+    """Escalated band indices, by predicted class, or under ``GLOBAL``."""
+    abstain: list[int] = []
+    explore_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    bands: list[Band]
+    gains: dict[str, float] = {}
+    """Expected accuracy gain of escalating an item of a unit ('class|band' or '*|band'), for budget ranking."""
+    certificate: Certificate | None
+    specialist_sha256: str
+    llm_model: str
+    calibration_sha256: str
+    calibration_items: int
+    mean_llm_tokens: float
+    """Measured prompt + completion tokens per LLM request, for the cost model."""
+
+    def band(self, confidence: float) -> int:
+        return min(max(bisect.bisect_right(self.edges, confidence) - 1, 0), len(self.edges) - 2)
+
+    def escalated_bands(self, label: str) -> list[int]:
+        return self.escalate.get(label, self.escalate.get(GLOBAL, []))
+
+    def gain(self, label: str, confidence: float) -> float:
+        b = self.band(confidence)
+        return self.gains.get(f"{label}|{b}", self.gains.get(f"{GLOBAL}|{b}", 0.0))
+
+
+def sampled(custom_id: str, rate: float) -> bool:
+    """Deterministic Bernoulli(rate) draw keyed by ``custom_id``: a chunk that runs twice draws the same."""
+    if rate <= 0.0:
+        return False
+    digest = hashlib.blake2b(custom_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def route_with_policy(policy: Policy, custom_id: str, label: str, confidence: float) -> Route:
+    b = policy.band(confidence)
+    if b in policy.abstain:
+        return Route.ABSTAIN
+    if b in policy.escalated_bands(label):
+        return Route.ESCALATE
+    if sampled(custom_id, policy.explore_rate):
+        return Route.EXPLORE
+    return Route.ACCEPT
+
+
+def within_budget(gains: Sequence[float], costs: Sequence[float], max_items: int, max_cost: float) -> list[int]:
+    """Indices of the escalations to keep: largest expected gain per unit of cost first, within both limits."""
+    if len(gains) != len(costs):
+        raise ValueError("gains and costs differ in length")
+    order = sorted(range(len(gains)), key=lambda i: (-gains[i] / max(costs[i], 1e-12), i))
+    kept: list[int] = []
+    spent = 0.0
+    for i in order:
+        if len(kept) >= max_items:
+            break
+        if spent + costs[i] > max_cost:
+            continue
+        kept.append(i)
+        spent += costs[i]
+    return sorted(kept)

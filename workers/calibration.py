@@ -1,0 +1,293 @@
+"""Fitting an escalation policy to labelled data, with a finite-sample accuracy guarantee.
+
+The guarantee: on new items from the calibration distribution, the cascade's accuracy (over the items it
+answers, abstained ones excluded) is at least ``target`` with probability at least ``1 - delta``.
+
+How it holds (Learn then Test, Angelopoulos et al. 2021, with fixed-sequence testing):
+1. The calibration items are split at random into a *selection* half and a *certification* half.
+2. On the selection half only, confidence bands (global, or per predicted class) are ranked by the measured
+   gain of escalating them (LLM accuracy minus specialist accuracy; units where the LLM is no better are never
+   escalated). This gives nested candidate policies P_0 (escalate nothing) ⊂ P_1 ⊂ … ⊂ P_K, each adding the
+   next best unit, within ``max_escalation``.
+3. On the certification half, which played no part in choosing the order, each P_k's accuracy is a binomial
+   proportion over i.i.d. items; its one-sided Clopper-Pearson lower bound at level ``delta`` is exact (never
+   optimistic) for any n. The hypotheses "accuracy(P_k) < target" are tested in the fixed order P_K, P_K-1, …,
+   stopping at the first that cannot be rejected. Fixed-sequence testing controls the family-wise error at
+   ``delta`` without a multiplicity correction, so the least-escalating certified policy is wrong (true accuracy
+   below target) with probability at most ``delta``.
+Clopper-Pearson was chosen over a betting confidence sequence (as in BARGAIN) for its simplicity: the data are a
+fixed batch, not a stream, and CP is exact for a binomial proportion.
+"""
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import beta
+
+from broker.exceptions import InputError
+from workers.policy import GLOBAL, Band, Certificate, Policy
+
+SHRINK = 20.0
+"""Pseudo-items pulling a class's band gain towards the band's global gain (per-class policies)."""
+
+
+class Bound(str, Enum):
+    CLOPPER_PEARSON = "clopper-pearson"
+    NONE = "none"
+    """The point estimate, with no bound: no guarantee. For showing what the bound buys (simulation harness)."""
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """One row per calibration item."""
+
+    confidence: NDArray[np.float64]
+    predicted: list[str]
+    specialist_ok: NDArray[np.bool_]
+    llm_ok: NDArray[np.float64]
+    """1.0 or 0.0 where the LLM was asked, NaN where it was not."""
+    llm_tokens: NDArray[np.float64]
+    """Prompt + completion tokens where the LLM was asked, NaN where it was not."""
+
+    def __post_init__(self) -> None:
+        n = len(self.confidence)
+        if not (len(self.predicted) == len(self.specialist_ok) == len(self.llm_ok) == len(self.llm_tokens) == n):
+            raise ValueError("calibration arrays differ in length")
+
+
+def lower_bound(correct: int, n: int, delta: float, bound: Bound = Bound.CLOPPER_PEARSON) -> float:
+    """One-sided (1 - delta) lower confidence bound on a binomial proportion."""
+    if n <= 0:
+        return 0.0
+    if bound is Bound.NONE:
+        return correct / n
+    if correct <= 0:
+        return 0.0
+    return float(beta.ppf(delta, correct, n - correct + 1))
+
+
+def min_items(target: float, delta: float) -> int:
+    """Fewest certification items with which even a perfect score can certify ``target`` at level ``delta``."""
+    return math.ceil(math.log(delta) / math.log(target))
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    target: float
+    delta: float = 0.05
+    max_escalation: float = 1.0
+    per_class: bool = False
+    abstain_below: float | None = None
+    n_bands: int = 10
+    select_fraction: float = 0.5
+    explore_rate: float = 0.0
+    seed: int = 0
+    bound: Bound = Bound.CLOPPER_PEARSON
+
+
+@dataclass(frozen=True)
+class Identity:
+    specialist_sha256: str
+    llm_model: str
+    calibration_sha256: str
+
+
+def _band_edges(conf: NDArray[np.float64], cap: float, n_bands: int) -> list[float]:
+    below = conf[conf < cap]
+    inner = np.quantile(below, np.linspace(0, 1, n_bands + 1)[1:-1]) if len(below) else np.array([])
+    return sorted({0.0, *(float(x) for x in inner if 0.0 < x < cap), cap, 1.0})
+
+
+def _mean(x: NDArray[np.float64]) -> float | None:
+    return float(np.mean(x)) if len(x) else None
+
+
+def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Policy:
+    n = len(data.confidence)
+    _check(data, opts)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(n)
+    n_sel = round(n * opts.select_fraction)
+    sel, cert = order[:n_sel], order[n_sel:]
+    if len(cert) < min_items(opts.target, opts.delta):
+        raise InputError(
+            f"too few calibration items: the certification half has {len(cert)}, and target "
+            f"{opts.target} at delta {opts.delta} needs at least {min_items(opts.target, opts.delta)} "
+            f"(so at least {math.ceil(min_items(opts.target, opts.delta) / (1 - opts.select_fraction))} items)"
+        )
+
+    asked = ~np.isnan(data.llm_ok)
+    cap = float(data.confidence[~asked].min()) if (~asked).any() else 1.0
+    edges = _band_edges(data.confidence[sel], cap, opts.n_bands)
+    band_of = np.clip(np.searchsorted(edges, data.confidence, side="right") - 1, 0, len(edges) - 2)
+    labels = np.asarray(data.predicted)
+    unit_key = np.array(
+        [f"{lab}|{b}" if opts.per_class else f"{GLOBAL}|{b}" for lab, b in zip(labels, band_of, strict=True)]
+    )
+
+    bands = [_band_stats(data, sel, band_of, b, edges) for b in range(len(edges) - 1)]
+    abstain = [b for b, band in enumerate(bands) if _hopeless(band, opts.abstain_below)]
+    gains = _unit_gains(data, sel, band_of, unit_key, bands, opts.per_class)
+    candidates = [
+        u
+        for u, g in sorted(gains.items(), key=lambda kv: (-kv[1], kv[0]))
+        if g > 0 and int(u.rsplit("|", 1)[1]) not in abstain and edges[int(u.rsplit("|", 1)[1]) + 1] <= cap
+    ]
+    chain = _nested(candidates, unit_key, sel, opts.max_escalation)
+
+    abstained = np.isin(band_of, abstain)
+    chosen, certificate = _fixed_sequence(data, cert, chain, unit_key, abstained, opts)
+    reachable = chosen is not None
+    if chosen is None:
+        certificate = _certify(data, np.arange(n), np.isin(unit_key, list(chain[-1])), abstained, opts)
+        message = (
+            f"no policy reaches accuracy {opts.target} with probability {1 - opts.delta}: the best reachable "
+            f"accuracy is {certificate.accuracy:.3f} (lower bound {certificate.lower_bound:.3f}) at "
+            f"{certificate.escalation_share:.1%} of items escalated to the LLM"
+        )
+        chosen = ()
+    else:
+        message = (
+            f"accuracy >= {opts.target} with probability >= {1 - opts.delta}: certified lower bound "
+            f"{certificate.lower_bound:.3f} on {certificate.n} items, {certificate.escalation_share:.1%} escalated"
+        )
+    escalate: dict[str, list[int]] = {}
+    for u in chosen:
+        key, b = u.rsplit("|", 1)
+        escalate.setdefault(key, []).append(int(b))
+    body = {
+        "target_accuracy": opts.target,
+        "delta": opts.delta,
+        "reachable": reachable,
+        "message": message,
+        "edges": edges,
+        "escalate": {k: sorted(v) for k, v in sorted(escalate.items())},
+        "abstain": abstain,
+        "explore_rate": opts.explore_rate,
+        "bands": bands,
+        "gains": gains,
+        "certificate": certificate,
+        "specialist_sha256": ident.specialist_sha256,
+        "llm_model": ident.llm_model,
+        "calibration_sha256": ident.calibration_sha256,
+        "calibration_items": n,
+        "mean_llm_tokens": float(np.nanmean(data.llm_tokens)) if asked.any() else 0.0,
+    }
+    digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in body.items())).encode()).hexdigest()[:12]
+    now = time.time()
+    return Policy(version=f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{digest}", created_at=now, **body)
+
+
+def _check(data: CalibrationData, opts: FitOptions) -> None:
+    if not 0.0 < opts.target < 1.0:
+        raise InputError(f"target accuracy must be within (0, 1), not {opts.target}")
+    if not 0.0 < opts.delta < 1.0:
+        raise InputError(f"delta must be within (0, 1), not {opts.delta}")
+    if not 0.0 <= opts.max_escalation <= 1.0:
+        raise InputError(f"max escalation must be within [0, 1], not {opts.max_escalation}")
+    if len(data.confidence) == 0:
+        raise InputError("no calibration items")
+
+
+def _band_stats(
+    data: CalibrationData, sel: NDArray[np.int_], band_of: NDArray[np.int_], b: int, edges: list[float]
+) -> Band:
+    idx = sel[band_of[sel] == b]
+    llm = data.llm_ok[idx]
+    llm = llm[~np.isnan(llm)]
+    return Band(
+        lo=edges[b],
+        hi=edges[b + 1],
+        n=len(idx),
+        specialist_accuracy=_mean(data.specialist_ok[idx].astype(float)),
+        n_llm=len(llm),
+        llm_accuracy=_mean(llm),
+    )
+
+
+def _hopeless(band: Band, abstain_below: float | None) -> bool:
+    if abstain_below is None or band.specialist_accuracy is None:
+        return False
+    return band.specialist_accuracy < abstain_below and (band.llm_accuracy or 0.0) < abstain_below
+
+
+def _unit_gains(
+    data: CalibrationData,
+    sel: NDArray[np.int_],
+    band_of: NDArray[np.int_],
+    unit_key: NDArray[np.str_],
+    bands: list[Band],
+    per_class: bool,
+) -> dict[str, float]:
+    gains: dict[str, float] = {}
+    asked_sel = sel[~np.isnan(data.llm_ok[sel])]
+    for u in np.unique(unit_key[asked_sel]):
+        idx = asked_sel[unit_key[asked_sel] == u]
+        b = int(band_of[idx[0]])
+        band_gain = bands[b].gain or 0.0
+        diff = data.llm_ok[idx] - data.specialist_ok[idx]
+        gain = float(np.mean(diff))
+        if per_class:
+            gain = (len(idx) * gain + SHRINK * band_gain) / (len(idx) + SHRINK)
+        # Rank by a pessimistic gain (one standard error below the estimate), so that small units whose gain is
+        # noise do not enter the chain ahead of well-measured ones.
+        se = float(np.std(diff, ddof=1) / np.sqrt(len(idx))) if len(idx) > 1 else 1.0
+        gains[str(u)] = gain - se
+    return gains
+
+
+def _nested(
+    candidates: list[str], unit_key: NDArray[np.str_], sel: NDArray[np.int_], max_escalation: float
+) -> list[tuple[str, ...]]:
+    chain: list[tuple[str, ...]] = [()]
+    count = 0
+    for u in candidates:
+        count += int(np.sum(unit_key[sel] == u))
+        if count > max_escalation * len(sel):
+            break
+        chain.append((*chain[-1], u))
+    return chain
+
+
+def _fixed_sequence(
+    data: CalibrationData,
+    cert: NDArray[np.int_],
+    chain: list[tuple[str, ...]],
+    unit_key: NDArray[np.str_],
+    abstained: NDArray[np.bool_],
+    opts: FitOptions,
+) -> tuple[tuple[str, ...] | None, Certificate]:
+    """Test P_K, P_K-1, ... on the certification half; the last one certified before the first failure."""
+    chosen: tuple[str, ...] | None = None
+    certificate = _certify(data, cert, np.isin(unit_key, list(chain[-1])), abstained, opts)
+    for units in reversed(chain):
+        result = _certify(data, cert, np.isin(unit_key, list(units)), abstained, opts)
+        if result.lower_bound < opts.target:
+            break
+        chosen, certificate = units, result
+    return chosen, certificate
+
+
+def _certify(
+    data: CalibrationData,
+    idx: NDArray[np.int_],
+    escalated: NDArray[np.bool_],
+    abstained: NDArray[np.bool_],
+    opts: FitOptions,
+) -> Certificate:
+    answered = idx[~abstained[idx]]
+    correct = np.where(escalated[answered], data.llm_ok[answered] == 1.0, data.specialist_ok[answered])
+    k, n = int(np.sum(correct)), len(answered)
+    return Certificate(
+        method=f"{opts.bound.value}, fixed-sequence testing" if opts.bound is Bound.CLOPPER_PEARSON else "none",
+        n=n,
+        accuracy=k / n if n else 0.0,
+        lower_bound=lower_bound(k, n, opts.delta, opts.bound),
+        escalation_share=float(np.mean(escalated[idx])) if len(idx) else 0.0,
+        abstain_share=float(np.mean(abstained[idx])) if len(idx) else 0.0,
+    )
