@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
 import typer
@@ -25,12 +25,15 @@ from rich.progress import (
 from rich.table import Table
 
 from broker.celery_app import QueueName, app, configure, send_specialist_chunk
-from broker.exceptions import CascadeError, InputError
+from broker.exceptions import CascadeError, InputError, JobError
 from broker.jobs import JobSpec, JobStatus, OnLLMError
 from broker.settings import Settings
 from broker.store import JobStore
 from broker.submit import submit_file
 from broker.summary import Summary, summarize
+
+if TYPE_CHECKING:
+    from workers.policy import Policy
 
 cli = typer.Typer(
     help="Cascade: a cheap specialist on every item, an LLM (vLLM) on the unsure ones.",
@@ -102,7 +105,13 @@ def submit(
     input_file: Annotated[Path, typer.Argument(help="JSONL: one {custom_id, text[, label]} per line")],
     model: Annotated[Path, typer.Option(help="model folder written by `cascade train`")],
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="escalate below this confidence")] = 0.5,
+    policy: Annotated[
+        Path | None, typer.Option(help="policy file from `cascade calibrate`, instead of --threshold")
+    ] = (None),
     top_k: Annotated[int | None, typer.Option(min=0, help="candidate labels for the LLM; 0 = all")] = None,
+    max_escalation: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="budget: share to the LLM")] = None,
+    max_llm_cost: Annotated[float | None, typer.Option(min=0.0, help="budget: USD of LLM tokens for the job")] = None,
+    explore: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="share of confident items also sent")] = None,
     on_llm_error: Annotated[OnLLMError, typer.Option(help="keep the specialist's answer, or fail the item")] = (
         OnLLMError.KEEP
     ),
@@ -111,26 +120,65 @@ def submit(
 ) -> None:
     """Submit a batch job and print its id."""
     settings = Settings()
-    job_id = _submit(settings, input_file, model, threshold, top_k, on_llm_error)
+    spec = _spec(
+        settings,
+        model,
+        threshold=threshold,
+        top_k=top_k,
+        on_llm_error=on_llm_error,
+        policy_file=policy,
+        max_escalation=max_escalation,
+        max_llm_cost=max_llm_cost,
+        explore=explore,
+    )
+    job_id = _submit(settings, input_file, spec)
     out.print(job_id)
     if wait:
         _finish(settings, job_id, as_json)
 
 
-def _submit(
-    settings: Settings, input_file: Path, model: Path, threshold: float, top_k: int | None, on_llm_error: OnLLMError
-) -> str:
+def _spec(
+    settings: Settings,
+    model: Path,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    on_llm_error: OnLLMError = OnLLMError.KEEP,
+    policy_file: Path | None = None,
+    max_escalation: float | None = None,
+    max_llm_cost: float | None = None,
+    explore: float | None = None,
+) -> JobSpec:
+    from workers.policy import load_policy
     from workers.specialist import read_manifest
 
     manifest = read_manifest(model)
-    spec = JobSpec(
+    policy = None
+    if policy_file is not None:
+        policy = load_policy(policy_file)
+        if policy.specialist_sha256 != manifest["model_sha256"]:
+            raise InputError(f"{policy_file}: calibrated for another specialist than {model}; calibrate again")
+        if policy.llm_model != settings.llm_model:
+            raise InputError(
+                f"{policy_file}: calibrated with LLM {policy.llm_model!r}, but CASCADE_LLM_MODEL is "
+                f"{settings.llm_model!r}; its guarantee does not carry over; calibrate again"
+            )
+        rate = explore if explore is not None else (settings.explore_rate or policy.explore_rate)
+        policy = policy.model_copy(update={"explore_rate": rate})
+    return JobSpec(
         model_path=str(model.resolve()),
         model_sha256=manifest["model_sha256"],
         threshold=threshold,
         top_k=settings.top_k if top_k is None else top_k,
         on_llm_error=on_llm_error,
         llm_model=settings.llm_model,
+        policy=policy,
+        max_escalation=max_escalation,
+        max_llm_cost=max_llm_cost,
+        usd_per_llm_token=settings.llm_usd_per_million_tokens / 1e6,
     )
+
+
+def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
     configure(app, settings)
     store = _store(settings)
     return submit_file(store, lambda job, index: send_specialist_chunk(app, job, index), settings, input_file, spec)
@@ -281,7 +329,7 @@ def demo(
         jsonl = Path(tmp) / "test.jsonl"
         n = _csv_to_jsonl(data / "test.csv", jsonl)
         out.print(f"submitting {n} items from {data / 'test.csv'} (threshold {threshold})")
-        job_id = _submit(settings, jsonl, model, threshold, top_k, OnLLMError.KEEP)
+        job_id = _submit(settings, jsonl, _spec(settings, model, threshold=threshold, top_k=top_k))
     out.print(job_id)
     _finish(settings, job_id, as_json=False)
 
@@ -293,6 +341,152 @@ def _csv_to_jsonl(source: Path, target: Path) -> int:
             item = {"custom_id": row.get("id") or f"{source.stem}-{n}", "text": row["text"], "label": row["label"]}
             t.write(json.dumps(item) + "\n")
     return n
+
+
+def _labelled_job(
+    settings: Settings, data: Path, model: Path, threshold: float, top_k: int | None, limit: int | None
+) -> tuple[JobStore, str, str]:
+    """Run a labelled CSV through a normal job (same workers and queues); returns the store, job id, checksum."""
+    from workers.data import read_labelled_csv
+    from workers.specialist import read_manifest
+
+    labelled = read_labelled_csv(data)
+    known = set(read_manifest(model)["labels"])
+    unknown = sorted(set(labelled.labels) - known)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        raise InputError(f"{data}: {len(unknown)} label(s) the model at {model} does not know: {shown}")
+    n = len(labelled.texts) if limit is None else min(limit, len(labelled.texts))
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl = Path(tmp) / "labelled.jsonl"
+        with jsonl.open("w") as f:
+            for i in range(n):
+                f.write(
+                    json.dumps({"custom_id": f"row-{i + 2}", "text": labelled.texts[i], "label": labelled.labels[i]})
+                    + "\n"
+                )
+        job_id = _submit(settings, jsonl, _spec(settings, model, threshold=threshold, top_k=top_k))
+    store = _store(settings)
+    err.print(f"{job_id}: {n} labelled items, LLM asked below confidence {threshold:.3f}")
+    _wait(store, job_id)
+    if store.status(job_id) is not JobStatus.COMPLETED:
+        raise JobError(f"{job_id} ended {store.status(job_id).value}")
+    return store, job_id, labelled.sha256
+
+
+@cli.command()
+def calibrate(
+    model: Annotated[Path, typer.Option(help="model folder written by `cascade train`")],
+    data: Annotated[Path, typer.Option(help="labelled CSV (text, label) from the distribution of future jobs")],
+    target_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0)],
+    delta: Annotated[float, typer.Option(min=0.0, max=1.0, help="allowed probability of missing the target")] = 0.05,
+    max_escalation: Annotated[float, typer.Option(min=0.0, max=1.0, help="most items the policy may escalate")] = 0.3,
+    per_class: Annotated[bool, typer.Option(help="escalated bands per predicted class")] = False,
+    abstain_below: Annotated[float | None, typer.Option(help="abstain where both tiers are below this")] = None,
+    explore: Annotated[float, typer.Option(min=0.0, max=1.0, help="exploration share recorded in the policy")] = 0.0,
+    top_k: Annotated[int | None, typer.Option(min=0)] = None,
+    seed: int = 0,
+) -> None:
+    """Choose an escalation policy that meets an accuracy target with probability 1 - delta."""
+    import numpy as np
+
+    from workers import specialist
+    from workers.calibration import FitOptions, Identity, fit_policy
+    from workers.data import read_labelled_csv
+    from workers.evaluation import calibration_data
+
+    settings = Settings()
+    texts = read_labelled_csv(data).texts
+    confidence = specialist.load(model).predict_proba(texts).max(axis=1)
+    cap = float(np.quantile(confidence, max_escalation)) if max_escalation < 1 else 1.0
+    store, job_id, checksum = _labelled_job(settings, data, model, cap, top_k, None)
+    cal = calibration_data(store.iter_results(job_id))
+    opts = FitOptions(
+        target=target_accuracy,
+        delta=delta,
+        max_escalation=max_escalation,
+        per_class=per_class,
+        abstain_below=abstain_below,
+        explore_rate=explore,
+        seed=seed,
+    )
+    manifest = specialist.read_manifest(model)
+    fitted = fit_policy(cal, opts, Identity(manifest["model_sha256"], settings.llm_model, checksum))
+    _print_bands(fitted)
+    out.print(fitted.message)
+    if not fitted.reachable:
+        raise typer.Exit(1)
+    path = model / f"policy-{fitted.version}.json"
+    path.write_text(fitted.model_dump_json(indent=2) + "\n")
+    out.print(f"policy {fitted.version} written to {path}")
+
+
+def _print_bands(policy: "Policy") -> None:
+    table = Table(title="calibration (selection half): accuracy per confidence band")
+    for col in ("band", "items", "specialist", "LLM", "escalated", "abstain"):
+        table.add_column(col, justify="right")
+    escalated = {b for bands in policy.escalate.values() for b in bands}
+    for i, b in enumerate(policy.bands):
+        table.add_row(
+            f"[{b.lo:.3f}, {b.hi:.3f})",
+            str(b.n),
+            _pct(b.specialist_accuracy),
+            f"{_pct(b.llm_accuracy)} ({b.n_llm})",
+            "yes" if i in escalated else "",
+            "yes" if i in policy.abstain else "",
+        )
+    out.print(table)
+
+
+@cli.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="model folder written by `cascade train`")],
+    data: Annotated[Path, typer.Option(help="labelled CSV (text, label)")],
+    policy: Annotated[Path | None, typer.Option(help="a policy file to place on the curve")] = None,
+    targets: Annotated[str, typer.Option(help="comma-separated accuracy targets")] = "0.85,0.88,0.9,0.92",
+    delta: float = 0.05,
+    limit: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N items")] = None,
+    top_k: Annotated[int | None, typer.Option(min=0)] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.png")] = Path("reports"),
+) -> None:
+    """Report all-specialist, all-LLM and the cascade at several targets: accuracy, share escalated, cost."""
+    from workers.calibration import Identity
+    from workers.evaluation import CostModel, calibration_data, plot
+    from workers.evaluation import evaluate as run_evaluation
+    from workers.policy import load_policy
+    from workers.specialist import read_manifest
+
+    settings = Settings()
+    chosen = load_policy(policy) if policy else None
+    store, job_id, checksum = _labelled_job(settings, data, model, 1.0, top_k, limit)
+    cal = calibration_data(store.iter_results(job_id))
+    view = store.get(job_id)
+    cost = CostModel.from_settings(settings, view.specialist_seconds / max(len(cal.confidence), 1))
+    ident = Identity(read_manifest(model)["model_sha256"], settings.llm_model, checksum)
+    levels = [float(t) for t in targets.split(",") if t.strip()]
+    report = run_evaluation(cal, cost, levels, delta, ident, chosen)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    plot(report, out_dir / "report.png")
+    table = Table(title=f"evaluation on {report.items} items (policies: fitted on half, measured on the other)")
+    for col in ("", "accuracy", "escalated", "LLM tokens / 1k items", "USD / 1k items"):
+        table.add_column(col, justify="right")
+    rows = [report.specialist, report.llm, *report.targets, *([report.policy] if report.policy else [])]
+    for p in rows:
+        name = p.name + ("" if p.reachable is not False else " (unreachable)")
+        table.add_row(
+            name, _pct(p.accuracy), _pct(p.escalation_share), f"{p.llm_tokens:,.0f}", f"{p.cost_per_1000:.4f}"
+        )
+    out.print(table)
+    bands = Table(title="accuracy per confidence band (all items)")
+    for col in ("band", "items", "specialist", "LLM"):
+        bands.add_column(col, justify="right")
+    for b in report.bands:
+        bands.add_row(
+            f"[{b['lo']:.1f}, {b['hi']:.1f})", str(b["n"]), _pct(b["specialist_accuracy"]), _pct(b["llm_accuracy"])
+        )
+    out.print(bands)
+    out.print(f"report written to {out_dir / 'report.json'} and {out_dir / 'report.png'}")
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.policy import Policy, Route
+
 
 class JobStatus(str, Enum):
     VALIDATING = "validating"
@@ -23,6 +25,8 @@ class Tier(str, Enum):
 
     SPECIALIST = "specialist"
     LLM = "llm"
+    ABSTAIN = "abstain"
+    """Neither tier is trusted: the label is the specialist's, provisional, for human review."""
 
 
 class OnLLMError(str, Enum):
@@ -45,6 +49,18 @@ class JobSpec(BaseModel):
     top_k: int = Field(ge=0)
     on_llm_error: OnLLMError = OnLLMError.KEEP
     llm_model: str
+    policy: Policy | None = None
+    """A calibrated policy (``cascade calibrate``); when set, it decides instead of ``threshold``."""
+    max_escalation: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Budget: at most this share of each chunk's items goes to the LLM."""
+    max_llm_cost: float | None = Field(default=None, ge=0.0)
+    """Budget: at most this many USD of estimated LLM cost for the whole job, spent in arrival order."""
+    usd_per_llm_token: float = Field(default=0.0, ge=0.0)
+    """The cost model's LLM price at submission, for budgets."""
+
+    @property
+    def policy_version(self) -> str | None:
+        return self.policy.version if self.policy else None
 
 
 class Item(BaseModel):
@@ -66,12 +82,20 @@ class ItemResult(BaseModel):
     label: str
     confidence: float
     tier: Tier
+    route: Route
+    """What the rule decided: accept, escalate, explore (LLM asked to measure, specialist final) or abstain."""
     specialist_label: str
     specialist_confidence: float
     candidates: list[str] | None = None
     llm_label: str | None = None
     llm_confidence: float | None = None
     llm_error: str | None = None
+    llm_prompt_tokens: int | None = None
+    llm_completion_tokens: int | None = None
+    sampling_probability: float | None = None
+    """For explored items: the probability with which a confident item was sent to the LLM."""
+    budget_limited: bool = False
+    """The rule escalated the item, but the job's budget kept it with the specialist."""
     gold: str | None = None
     correct: bool | None = None
 

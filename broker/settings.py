@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=0)
     """Candidate labels the LLM chooses from; 0 means all labels."""
 
+    # The cost model (USD). Defaults: a hosted 7-8B model's price per million tokens, and on-demand cloud prices
+    # for one CPU core and one mid-range GPU; set them to your own.
+    llm_usd_per_million_tokens: float = Field(default=0.20, ge=0)
+    """Price of LLM tokens (prompt and completion alike)."""
+    cpu_usd_per_hour: float = Field(default=0.04, ge=0)
+    """One CPU core-hour, for the specialist tier."""
+    gpu_usd_per_hour: float = Field(default=1.50, ge=0)
+    """One GPU-hour, for self-hosted vLLM (used by `cascade evaluate` when tokens have no price)."""
+    explore_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of confident items also sent to the LLM under a policy, to keep tier accuracies measured."""
+
     visibility_timeout: int = Field(default=3600, ge=60)
     """Seconds before Redis redelivers an unacknowledged task; longer than the longest chunk."""
     job_ttl: int = Field(default=7 * 24 * 3600, ge=60)

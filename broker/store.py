@@ -27,7 +27,7 @@ INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines re
 ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM
 
 # KEYS: job, results, errors. ARGV[1]: a JSON list of [kind 'r'|'e', custom_id, tier, correct 1|0|-1,
-# llm_error 1|0, record JSON, specialist's answer correct 1|0|-1]. Writes a record only for an item that has
+# llm_error 1|0, record JSON, specialist's answer correct 1|0|-1, route]. Writes a record only for an item that has
 # none yet, and counts it once per tier.
 _RECORD = """
 local added = 0
@@ -46,6 +46,7 @@ for _, rec in ipairs(cjson.decode(ARGV[1])) do
           bump('specialist_correct:' .. rec[3], rec[7])
         end
         bump('llm_errors', rec[5])
+        bump('route:' .. rec[8], 1)
       end
     elseif redis.call('HEXISTS', KEYS[2], id) == 0 then
       redis.call('HSET', KEYS[3], id, rec[6])
@@ -69,6 +70,26 @@ local done = redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) + redis.c
 if done < tonumber(total) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
 return 1
+"""
+
+# KEYS: job. ARGV: chunk index, budget, then the costs of its escalations, best first. Takes as many as fit in
+# what is left of the budget; a chunk that runs again gets the same answer and spends nothing more.
+_RESERVE = """
+local field = 'budget_chunk:' .. ARGV[1]
+local before = redis.call('HGET', KEYS[1], field)
+if before then return tonumber(before) end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'budget_spent') or '0')
+local budget = tonumber(ARGV[2])
+local taken, cost = 0, 0
+for i = 3, #ARGV do
+  local c = tonumber(ARGV[i])
+  if spent + cost + c > budget then break end
+  cost = cost + c
+  taken = taken + 1
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'budget_spent', cost)
+redis.call('HSET', KEYS[1], field, taken)
+return taken
 """
 
 # KEYS: job. ARGV: new status, now. Moves a job that is not yet final to a final status.
@@ -107,6 +128,7 @@ class JobStore:
         self._record = client.register_script(_RECORD)
         self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
+        self._reserve = client.register_script(_RESERVE)
 
     @classmethod
     def from_url(cls, url: str, job_ttl: int) -> "JobStore":
@@ -200,6 +222,16 @@ class JobStore:
     def llm_errors(self, job_id: str) -> int:
         return int(self.redis.hget(JOB_PREFIX + job_id, "llm_errors") or 0)
 
+    def routes(self, job_id: str) -> dict[str, int]:
+        """Answered items by the rule's decision (accept, escalate, explore, abstain)."""
+        h = self.redis.hgetall(JOB_PREFIX + job_id)
+        return {str(k).split(":", 1)[1]: int(v) for k, v in h.items() if str(k).startswith("route:")}
+
+    def reserve_budget(self, job_id: str, chunk: int, costs: list[float], budget: float) -> int:
+        """How many of ``costs`` (in order) fit in what is left of the job's budget; reserved once per chunk."""
+        key = JOB_PREFIX + job_id
+        return cast(int, self._reserve(keys=[key], args=[str(chunk), str(budget), *map(repr, costs)]))
+
     def list_ids(self, limit: int = 20) -> list[str]:
         return [str(v) for v in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
 
@@ -276,13 +308,14 @@ class JobStore:
                 int(bool(r.llm_error)),
                 r.model_dump_json(),
                 -1 if r.gold is None else int(r.specialist_label == r.gold),
+                r.route.value,
             ]
             for r in results
         ]
         for e in errors:
             if e.custom_id is None:
                 raise ValueError("an item error needs its custom_id")
-            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1])
+            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1, ""])
         if not records:
             return 0
         key = JOB_PREFIX + job_id

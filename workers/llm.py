@@ -42,6 +42,11 @@ def build_messages(text: str, candidates: Sequence[str]) -> list[dict[str, str]]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+def estimate_tokens(text: str, top_k: int) -> float:
+    """Rough prompt + completion tokens of one request, before it is sent (about 4 characters a token)."""
+    return (len(SYSTEM_PROMPT) + len(text)) / 4 + 30 + 8 * (top_k or 20)
+
+
 def choice_confidence(tokens: Sequence[dict[str, Any]], candidates: Sequence[str]) -> float:
     """Probability of the chosen label among the candidates, from per-token log-probabilities.
 

@@ -5,15 +5,18 @@ Plain functions: the Celery tasks in ``workers.tasks`` only wrap them, and tests
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from broker.exceptions import LLMError
 from broker.jobs import Item, ItemError, ItemResult, JobSpec, JobStatus, OnLLMError, Tier
 from broker.store import JobStore
-from workers.llm import LLMAnswer, LLMClient
-from workers.policy import Route, route
+from workers.llm import LLMAnswer, LLMClient, estimate_tokens
+from workers.policy import Route, route, route_with_policy, within_budget
 from workers.specialist import Specialist, top_candidates
 
 
@@ -27,21 +30,28 @@ class Escalation(BaseModel):
     specialist_label: str
     specialist_confidence: float
     candidates: list[str]
+    route: Route = Route.ESCALATE
+    """``explore``: the LLM is asked to measure it, the specialist's answer stays final."""
+    sampling_probability: float | None = None
 
 
 def _correct(label: str, gold: str | None) -> bool | None:
     return None if gold is None else label == gold
 
 
-def specialist_result(item: Item, label: str, confidence: float) -> ItemResult:
+def specialist_result(
+    item: Item, label: str, confidence: float, route: Route = Route.ACCEPT, budget_limited: bool = False
+) -> ItemResult:
     return ItemResult(
         custom_id=item.custom_id,
         line=item.line,
         label=label,
         confidence=confidence,
-        tier=Tier.SPECIALIST,
+        tier=Tier.ABSTAIN if route is Route.ABSTAIN else Tier.SPECIALIST,
+        route=route,
         specialist_label=label,
         specialist_confidence=confidence,
+        budget_limited=budget_limited,
         gold=item.label,
         correct=_correct(label, item.label),
     )
@@ -49,25 +59,33 @@ def specialist_result(item: Item, label: str, confidence: float) -> ItemResult:
 
 def llm_result(esc: Escalation, answer: LLMAnswer) -> ItemResult:
     confidence = answer.confidence if math.isfinite(answer.confidence) else 0.0
+    explored = esc.route is Route.EXPLORE
+    label = esc.specialist_label if explored else answer.label
     return ItemResult(
         custom_id=esc.custom_id,
         line=esc.line,
-        label=answer.label,
-        confidence=confidence,
-        tier=Tier.LLM,
+        label=label,
+        confidence=esc.specialist_confidence if explored else confidence,
+        tier=Tier.SPECIALIST if explored else Tier.LLM,
+        route=esc.route,
         specialist_label=esc.specialist_label,
         specialist_confidence=esc.specialist_confidence,
         candidates=esc.candidates,
         llm_label=answer.label,
         llm_confidence=confidence,
+        llm_prompt_tokens=answer.prompt_tokens,
+        llm_completion_tokens=answer.completion_tokens,
+        sampling_probability=esc.sampling_probability,
         gold=esc.gold,
-        correct=_correct(answer.label, esc.gold),
+        correct=_correct(label, esc.gold),
     )
 
 
 def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemResult | ItemError:
-    """An escalated item the LLM could not answer: the specialist's answer, marked, or an error record."""
-    if on_error is OnLLMError.FAIL:
+    """An escalated item the LLM could not answer: the specialist's answer, marked, or an error record.
+
+    An explored item keeps the specialist's answer whatever the job's policy: its LLM answer was never final."""
+    if on_error is OnLLMError.FAIL and esc.route is not Route.EXPLORE:
         return ItemError(line=esc.line, custom_id=esc.custom_id, code="llm_error", message=str(error))
     return ItemResult(
         custom_id=esc.custom_id,
@@ -75,42 +93,97 @@ def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemR
         label=esc.specialist_label,
         confidence=esc.specialist_confidence,
         tier=Tier.SPECIALIST,
+        route=esc.route,
         specialist_label=esc.specialist_label,
         specialist_confidence=esc.specialist_confidence,
         candidates=esc.candidates,
         llm_error=str(error),
+        sampling_probability=esc.sampling_probability,
         gold=esc.gold,
         correct=_correct(esc.specialist_label, esc.gold),
     )
 
 
-def split_chunk(
-    items: Sequence[Item], specialist: Specialist, spec: JobSpec
-) -> tuple[list[ItemResult], list[Escalation]]:
-    """Run the specialist on a chunk; the policy splits it into final answers and escalations."""
+Reserve = Callable[[list[float]], int]
+"""Given the costs of a chunk's escalations, best first, how many of them the job's budget still allows."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    item: Item
+    label: str
+    confidence: float
+    route: Route
+    row: NDArray[np.float64]
+
+
+def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> list[Decision]:
+    """Run the specialist on a chunk and let the rule route every item."""
     if not items:
-        return [], []
+        return []
     labels = specialist.labels
     proba = specialist.predict_proba([i.text for i in items])
+    best = proba.argmax(axis=1)
+    decisions = []
+    for item, row, b in zip(items, proba, best, strict=True):
+        label, confidence = labels[int(b)], float(row[b])
+        if spec.policy is not None:
+            chosen = route_with_policy(spec.policy, item.custom_id, label, confidence)
+        else:
+            chosen = route(confidence, spec.threshold)
+        decisions.append(Decision(item, label, confidence, chosen, row))
+    return decisions
+
+
+def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None) -> set[int]:
+    """Indices (into ``decisions``) of the escalations the budget keeps: best expected gain per cost first."""
+    wanted = [i for i, d in enumerate(decisions) if d.route is Route.ESCALATE]
+    if spec.max_escalation is None and spec.max_llm_cost is None:
+        return set(wanted)
+    policy = spec.policy
+    gains = [
+        policy.gain(decisions[i].label, decisions[i].confidence) if policy else 1.0 - decisions[i].confidence
+        for i in wanted
+    ]
+    costs = [estimate_tokens(decisions[i].item.text, spec.top_k) * spec.usd_per_llm_token for i in wanted]
+    max_items = len(wanted)
+    if spec.max_escalation is not None:
+        max_items = math.floor(spec.max_escalation * len(decisions))
+    kept = within_budget(gains, costs, max_items, math.inf)
+    if spec.max_llm_cost is not None and reserve is not None:
+        kept = sorted(kept, key=lambda k: (-gains[k] / max(costs[k], 1e-12), k))
+        kept = kept[: reserve([costs[k] for k in kept])]
+    return {wanted[k] for k in kept}
+
+
+def split_chunk(
+    items: Sequence[Item], specialist: Specialist, spec: JobSpec, reserve: Reserve | None = None
+) -> tuple[list[ItemResult], list[Escalation]]:
+    """Run the specialist on a chunk; the rule and the budget split it into final answers and escalations."""
+    decisions = decide(items, specialist, spec)
+    allowed = _budgeted(decisions, spec, reserve)
+    explore_p = spec.policy.explore_rate if spec.policy else None
     accepted: list[ItemResult] = []
     escalated: list[Escalation] = []
-    for item, row in zip(items, proba, strict=True):
-        best = int(row.argmax())
-        label, confidence = labels[best], float(row[best])
-        if route(confidence, spec.threshold) is Route.ACCEPT:
-            accepted.append(specialist_result(item, label, confidence))
-        else:
+    for i, d in enumerate(decisions):
+        if d.route is Route.EXPLORE or (d.route is Route.ESCALATE and i in allowed):
             escalated.append(
                 Escalation(
-                    custom_id=item.custom_id,
-                    line=item.line,
-                    text=item.text,
-                    gold=item.label,
-                    specialist_label=label,
-                    specialist_confidence=confidence,
-                    candidates=top_candidates(row, labels, spec.top_k),
+                    custom_id=d.item.custom_id,
+                    line=d.item.line,
+                    text=d.item.text,
+                    gold=d.item.label,
+                    specialist_label=d.label,
+                    specialist_confidence=d.confidence,
+                    candidates=top_candidates(d.row, specialist.labels, spec.top_k),
+                    route=d.route,
+                    sampling_probability=explore_p if d.route is Route.EXPLORE else None,
                 )
             )
+        elif d.route is Route.ESCALATE:
+            accepted.append(specialist_result(d.item, d.label, d.confidence, Route.ACCEPT, budget_limited=True))
+        else:
+            accepted.append(specialist_result(d.item, d.label, d.confidence, d.route))
     return accepted, escalated
 
 
@@ -128,8 +201,12 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
         return []
     spec = store.spec(job_id)
     start = time.perf_counter()
-    accepted, escalated = split_chunk(store.chunk(job_id, index), specialist, spec)
-    store.mark_escalated(job_id, [e.custom_id for e in escalated])
+
+    def reserve(costs: list[float]) -> int:
+        return store.reserve_budget(job_id, index, costs, spec.max_llm_cost or 0.0)
+
+    accepted, escalated = split_chunk(store.chunk(job_id, index), specialist, spec, reserve)
+    store.mark_escalated(job_id, [e.custom_id for e in escalated if e.route is Route.ESCALATE])
     store.record(job_id, results=accepted)
     store.add_seconds(job_id, "specialist", time.perf_counter() - start)
     # A chunk that runs again sends on only what has no record yet.

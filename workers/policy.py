@@ -10,10 +10,14 @@ Budgets rank a chunk's escalations by expected gain per unit of cost (``within_b
 
 import bisect
 import hashlib
+import json
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from broker.exceptions import InputError
 
 POLICY_FORMAT = "cascade-policy/1"
 GLOBAL = "*"
@@ -32,10 +36,10 @@ class Route(str, Enum):
 
 
 def route(confidence: float, threshold: float) -> Route:
-    """Escalate an item whose specialist confidence is below ``threshold`` (0 escalates nothing, 1 nearly all)."""
+    """Escalate an item whose specialist confidence is below ``threshold`` (0 escalates nothing, 1 all)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
-    return Route.ESCALATE if confidence < threshold else Route.ACCEPT
+    return Route.ESCALATE if confidence < threshold or threshold == 1.0 else Route.ACCEPT
 
 
 class Band(BaseModel):
@@ -140,3 +144,21 @@ def within_budget(gains: Sequence[float], costs: Sequence[float], max_items: int
         kept.append(i)
         spent += costs[i]
     return sorted(kept)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a policy file written by ``cascade calibrate``; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such policy file")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not JSON ({e})") from e
+    if not isinstance(raw, dict) or raw.get("format") != POLICY_FORMAT:
+        raise InputError(f"{path}: not a Cascade policy (format must be {POLICY_FORMAT!r})")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InputError(f"{path}: field {'.'.join(map(str, first['loc']))}: {first['msg']}") from e

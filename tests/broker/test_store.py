@@ -2,6 +2,7 @@
 
 from broker.jobs import Item, ItemError, ItemResult, JobSpec, JobStatus, Tier
 from broker.store import JobStore
+from workers.policy import Route
 
 SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_model="x")
 
@@ -13,6 +14,7 @@ def result(cid: str, line: int, label: str = "a", gold: str | None = "a", tier: 
         label=label,
         confidence=0.9,
         tier=tier,
+        route=Route.ACCEPT,
         specialist_label=label,
         specialist_confidence=0.9,
         gold=gold,
@@ -72,3 +74,12 @@ def test_cancel_is_final_and_keeps_finished_records(store: JobStore) -> None:
     view = store.get(job)
     assert view.status is JobStatus.CANCELLED
     assert sorted(r["custom_id"] for r in store.iter_results(job)) == ["c0", "c1"]
+
+
+def test_budget_reservation_is_once_per_chunk_and_never_overspent(store: JobStore) -> None:
+    job = started_job(store, 1)
+    assert store.reserve_budget(job, 0, [0.4, 0.4, 0.4], budget=1.0) == 2
+    assert store.reserve_budget(job, 0, [0.4, 0.4, 0.4], budget=1.0) == 2  # the chunk again: same answer
+    assert store.reserve_budget(job, 1, [0.1, 0.3], budget=1.0) == 1
+    assert store.reserve_budget(job, 2, [0.05], budget=1.0) == 1
+    assert store.reserve_budget(job, 3, [0.5], budget=1.0) == 0

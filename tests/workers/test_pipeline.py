@@ -10,7 +10,7 @@ from broker.jobs import Item, ItemError, ItemResult, JobSpec, OnLLMError, Tier
 from tests.conftest import dataset
 from workers import specialist
 from workers.data import read_labelled_csv
-from workers.llm import LLMAnswer
+from workers.llm import LLMAnswer, estimate_tokens
 from workers.pipeline import Escalation, llm_failure, llm_result, split_chunk
 
 
@@ -59,3 +59,79 @@ def test_llm_failure_follows_the_job_policy(policy: OnLLMError) -> None:
     else:
         assert isinstance(record, ItemError)
         assert (record.custom_id, record.line, record.code) == ("c1", 4, "llm_error")
+
+
+def test_policy_routes_explore_and_abstain_and_budget_keeps_the_least_confident(sms_model: Path) -> None:
+    from workers.policy import Band, Policy, Route
+
+    model = specialist.load(sms_model)
+    test = read_labelled_csv(dataset("sms_spam") / "test.csv")
+    items = [
+        Item(custom_id=f"i{n}", text=t, line=n + 1, label=g)
+        for n, (t, g) in enumerate(zip(test.texts[:500], test.labels[:500], strict=True))
+    ]
+    policy = Policy(
+        version="v-test",
+        created_at=0,
+        target_accuracy=0.9,
+        delta=0.05,
+        reachable=True,
+        message="",
+        edges=[0.0, 0.6, 0.9, 1.0],
+        escalate={"*": [1]},
+        abstain=[0],
+        explore_rate=0.2,
+        bands=[Band(lo=0, hi=1, n=1, specialist_accuracy=1, n_llm=1, llm_accuracy=1)],
+        certificate=None,
+        specialist_sha256=model.sha256,
+        llm_model="x",
+        calibration_sha256="c",
+        calibration_items=1,
+        mean_llm_tokens=10,
+        gains={"*|1": 0.2},
+    )
+    spec = JobSpec(model_path="m", model_sha256=model.sha256, threshold=0.5, top_k=0, llm_model="x", policy=policy)
+    confidences = model.predict_proba([i.text for i in items]).max(axis=1)
+    by_id = dict(zip((i.custom_id for i in items), confidences, strict=True))
+    accepted, escalated = split_chunk(items, model, spec)
+
+    routes = {r.custom_id: r.route for r in accepted} | {e.custom_id: e.route for e in escalated}
+    for cid, conf in by_id.items():
+        band = policy.band(conf)
+        if band == 0:
+            assert routes[cid] is Route.ABSTAIN
+        elif band == 1:
+            assert routes[cid] is Route.ESCALATE
+        else:
+            assert routes[cid] in {Route.ACCEPT, Route.EXPLORE}
+    explored = [e for e in escalated if e.route is Route.EXPLORE]
+    assert explored
+    assert all(e.sampling_probability == 0.2 for e in explored)
+    assert 0.1 < len(explored) / sum(policy.band(c) == 2 for c in by_id.values()) < 0.3
+    abstained = [r for r in accepted if r.route is Route.ABSTAIN]
+    assert all(r.tier is Tier.ABSTAIN for r in abstained)
+    # an explored item's LLM answer never replaces the specialist's
+    result = llm_result(explored[0], LLMAnswer(label="other", confidence=0.9, prompt_tokens=5, completion_tokens=1))
+    assert (result.label, result.tier, result.llm_label) == (explored[0].specialist_label, Tier.SPECIALIST, "other")
+
+    # a budget of 2% of the chunk keeps the escalations the rule wanted with the largest gain per cost
+    plain = JobSpec(
+        model_path="m",
+        model_sha256=model.sha256,
+        threshold=1.0,
+        top_k=2,
+        llm_model="x",
+        max_escalation=0.02,
+        usd_per_llm_token=1e-7,
+    )
+    accepted, escalated = split_chunk(items, model, plain)
+    assert len(escalated) == 10
+    limited = [r for r in accepted if r.budget_limited]
+    assert len(limited) == 490
+    text = {i.custom_id: i.text for i in items}
+
+    def per_cost(cid: str, conf: float) -> float:
+        return (1 - conf) / estimate_tokens(text[cid], 2)
+
+    kept_worst = min(per_cost(e.custom_id, e.specialist_confidence) for e in escalated)
+    assert kept_worst >= max(per_cost(r.custom_id, r.specialist_confidence) for r in limited)

@@ -11,6 +11,7 @@ from workers.policy import Route, route
         (0.99, 0.5, Route.ACCEPT),
         (0.0, 0.0, Route.ACCEPT),
         (0.999, 1.0, Route.ESCALATE),
+        (1.0, 1.0, Route.ESCALATE),
     ],
 )
 def test_route_compares_confidence_with_threshold(confidence: float, threshold: float, expected: Route) -> None:

@@ -1,0 +1,209 @@
+"""What a job's results say about the trade: calibration data, the cost model, and the evaluation report.
+
+``cascade calibrate`` and ``cascade evaluate`` run the specialist and the LLM through a normal job, then read
+its results here.
+"""
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel
+
+from broker.exceptions import InputError
+from broker.settings import Settings
+from workers.calibration import CalibrationData, FitOptions, Identity, fit_policy
+from workers.policy import Policy
+
+
+def calibration_data(results: Iterable[dict[str, Any]]) -> CalibrationData:
+    """One row per result that carries a gold label. Where the LLM failed, its answer counts as the specialist's
+    (what a job keeps), so the measured gain of escalating is never overstated."""
+    rows = sorted((r for r in results if r.get("gold") is not None), key=lambda r: int(r["line"]))
+    if not rows:
+        raise InputError("no result carries a gold label")
+    spec_ok = np.array([r["specialist_label"] == r["gold"] for r in rows])
+    llm_ok = np.full(len(rows), np.nan)
+    tokens = np.full(len(rows), np.nan)
+    for i, r in enumerate(rows):
+        if r.get("llm_label") is not None:
+            llm_ok[i] = float(r["llm_label"] == r["gold"])
+            tokens[i] = float((r.get("llm_prompt_tokens") or 0) + (r.get("llm_completion_tokens") or 0))
+        elif r.get("llm_error"):
+            llm_ok[i] = float(spec_ok[i])
+            tokens[i] = 0.0
+    return CalibrationData(
+        confidence=np.array([float(r["specialist_confidence"]) for r in rows]),
+        predicted=[str(r["specialist_label"]) for r in rows],
+        specialist_ok=spec_ok,
+        llm_ok=llm_ok,
+        llm_tokens=tokens,
+    )
+
+
+@dataclass(frozen=True)
+class CostModel:
+    usd_per_token: float
+    usd_per_specialist_item: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings, specialist_seconds_per_item: float) -> "CostModel":
+        return cls(
+            settings.llm_usd_per_million_tokens / 1e6, specialist_seconds_per_item * settings.cpu_usd_per_hour / 3600
+        )
+
+
+class Point(BaseModel):
+    name: str
+    accuracy: float
+    escalation_share: float
+    llm_tokens: float
+    """LLM tokens per 1,000 items."""
+    cost_per_1000: float
+    """USD per 1,000 items: LLM tokens at the model's price plus the specialist's CPU time."""
+    target: float | None = None
+    reachable: bool | None = None
+    lower_bound: float | None = None
+
+
+def point(name: str, data: CalibrationData, escalated: NDArray[np.bool_], cost: CostModel, **extra: Any) -> Point:
+    correct = np.where(escalated, data.llm_ok == 1.0, data.specialist_ok)
+    tokens = float(np.nansum(np.where(escalated, data.llm_tokens, 0.0))) / len(correct) * 1000
+    return Point(
+        name=name,
+        accuracy=float(np.mean(correct)),
+        escalation_share=float(np.mean(escalated)),
+        llm_tokens=tokens,
+        cost_per_1000=tokens * cost.usd_per_token + 1000 * cost.usd_per_specialist_item,
+        **extra,
+    )
+
+
+def policy_mask(policy: Policy, data: CalibrationData) -> NDArray[np.bool_]:
+    return np.array(
+        [policy.band(c) in policy.escalated_bands(p) for c, p in zip(data.confidence, data.predicted, strict=True)]
+    )
+
+
+def subset(data: CalibrationData, idx: NDArray[np.int_]) -> CalibrationData:
+    return CalibrationData(
+        data.confidence[idx],
+        [data.predicted[i] for i in idx],
+        data.specialist_ok[idx],
+        data.llm_ok[idx],
+        data.llm_tokens[idx],
+    )
+
+
+class Report(BaseModel):
+    items: int
+    specialist: Point
+    llm: Point
+    curve: list[Point]
+    """Single thresholds, from none escalated to all."""
+    targets: list[Point]
+    """The calibrated policy at several targets: fitted on one half, measured on the other."""
+    policy: Point | None
+    bands: list[dict[str, Any]]
+    """Accuracy of each tier per confidence band, over all items: why escalation helps or not."""
+
+
+def evaluate(
+    data: CalibrationData,
+    cost: CostModel,
+    targets: list[float],
+    delta: float,
+    ident: Identity,
+    policy: Policy | None = None,
+    seed: int = 0,
+) -> Report:
+    """Every item must carry an LLM answer (the evaluation job escalates all of them)."""
+    if np.isnan(data.llm_ok).any():
+        raise InputError("evaluation needs an LLM answer for every item")
+    n = len(data.confidence)
+    curve = [
+        point(f"threshold {t:.3f}", data, data.confidence < t, cost)
+        for t in sorted({0.0, *np.quantile(data.confidence, np.linspace(0, 1, 21)).tolist(), 1.0001})
+    ]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    fit_idx, test_idx = order[: n // 2], order[n // 2 :]
+    at_targets = []
+    for target in targets:
+        fitted = fit_policy(subset(data, fit_idx), FitOptions(target=target, delta=delta, seed=seed), ident)
+        held_out = subset(data, test_idx)
+        at_targets.append(
+            point(
+                f"target {target}",
+                held_out,
+                policy_mask(fitted, held_out),
+                cost,
+                target=target,
+                reachable=fitted.reachable,
+                lower_bound=fitted.certificate.lower_bound if fitted.certificate else None,
+            )
+        )
+    edges = np.linspace(0, 1, 11)
+    bands = []
+    for lo, hi in itertools.pairwise(edges):
+        m = (data.confidence >= lo) & (data.confidence < (hi if hi < 1 else 1.0001))
+        if m.any():
+            bands.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": int(m.sum()),
+                    "specialist_accuracy": float(np.mean(data.specialist_ok[m])),
+                    "llm_accuracy": float(np.mean(data.llm_ok[m])),
+                }
+            )
+    return Report(
+        items=n,
+        specialist=point("all specialist", data, np.zeros(n, dtype=bool), cost),
+        llm=point("all LLM", data, np.ones(n, dtype=bool), cost),
+        curve=curve,
+        targets=at_targets,
+        policy=point("given policy", data, policy_mask(policy, data), cost) if policy else None,
+        bands=bands,
+    )
+
+
+def plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(
+        [p.cost_per_1000 for p in report.curve],
+        [p.accuracy for p in report.curve],
+        "o-",
+        ms=3,
+        label="single threshold",
+    )
+    for p, marker in ((report.specialist, "s"), (report.llm, "^")):
+        ax.plot(p.cost_per_1000, p.accuracy, marker, ms=9, label=p.name)
+    reached = [p for p in report.targets if p.reachable]
+    if reached:
+        ax.plot(
+            [p.cost_per_1000 for p in reached],
+            [p.accuracy for p in reached],
+            "D",
+            ms=7,
+            label="calibrated policy (held-out half)",
+        )
+    if report.policy:
+        ax.plot(report.policy.cost_per_1000, report.policy.accuracy, "*", ms=14, label=report.policy.name)
+    ax.set_xlabel("cost, USD per 1,000 items")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Cost against accuracy ({report.items} items)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
