@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import redis
 import typer
@@ -22,7 +22,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from broker.celery_app import QueueName, app, configure, send_specialist_chunk
 from broker.exceptions import CascadeError, InputError, JobError
@@ -30,10 +29,8 @@ from broker.jobs import JobSpec, JobStatus, OnLLMError
 from broker.settings import Settings
 from broker.store import JobStore
 from broker.submit import submit_file
-from broker.summary import Summary, summarize
-
-if TYPE_CHECKING:
-    from workers.policy import Policy
+from broker.summary import summarize
+from broker.views import print_bands, print_evaluation, print_summary
 
 cli = typer.Typer(
     help="Cascade: a cheap specialist on every item, an LLM (vLLM) on the unsure ones.",
@@ -191,7 +188,7 @@ def _finish(settings: Settings, job_id: str, as_json: bool) -> None:
     if as_json:
         out.print_json(summary.model_dump_json())
     else:
-        _print_summary(summary)
+        print_summary(out, summary)
     if summary.status != JobStatus.COMPLETED.value:
         raise typer.Exit(1)
 
@@ -218,28 +215,6 @@ def _wait(store: JobStore, job_id: str, poll: float = 0.5) -> None:
             if job.status.is_final:
                 return
             time.sleep(poll)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
-def _print_summary(s: Summary) -> None:
-    table = Table(title=f"{s.job_id}: {s.status}")
-    table.add_column("tier")
-    for col in ("answered", "accuracy", "specialist alone", "task seconds"):
-        table.add_column(col, justify="right")
-    for name, t in s.tiers.items():
-        table.add_row(name, str(t.answered), _pct(t.accuracy), _pct(t.specialist_accuracy), f"{t.task_seconds:.1f}")
-    wall = f"{s.wall_seconds:.1f} wall" if s.wall_seconds is not None else "-"
-    table.add_row("all", str(s.completed), _pct(s.accuracy), _pct(s.specialist_only_accuracy), wall)
-    out.print(table)
-    out.print(
-        f"items {s.total}, completed {s.completed}, failed {s.failed}, escalated {s.escalated} "
-        f"({_pct(s.escalation_share)}), LLM errors {s.llm_errors}\n"
-        f"accuracy over {s.labelled} labelled items: cascade {_pct(s.accuracy)}, "
-        f"specialist alone {_pct(s.specialist_only_accuracy)}"
-    )
 
 
 @cli.command()
@@ -412,30 +387,13 @@ def calibrate(
     )
     manifest = specialist.read_manifest(model)
     fitted = fit_policy(cal, opts, Identity(manifest["model_sha256"], settings.llm_model, checksum))
-    _print_bands(fitted)
+    print_bands(out, fitted)
     out.print(fitted.message)
     if not fitted.reachable:
         raise typer.Exit(1)
     path = model / f"policy-{fitted.version}.json"
     path.write_text(fitted.model_dump_json(indent=2) + "\n")
     out.print(f"policy {fitted.version} written to {path}")
-
-
-def _print_bands(policy: "Policy") -> None:
-    table = Table(title="calibration (selection half): accuracy per confidence band")
-    for col in ("band", "items", "specialist", "LLM", "escalated", "abstain"):
-        table.add_column(col, justify="right")
-    escalated = {b for bands in policy.escalate.values() for b in bands}
-    for i, b in enumerate(policy.bands):
-        table.add_row(
-            f"[{b.lo:.3f}, {b.hi:.3f})",
-            str(b.n),
-            _pct(b.specialist_accuracy),
-            f"{_pct(b.llm_accuracy)} ({b.n_llm})",
-            "yes" if i in escalated else "",
-            "yes" if i in policy.abstain else "",
-        )
-    out.print(table)
 
 
 @cli.command()
@@ -468,24 +426,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     plot(report, out_dir / "report.png")
-    table = Table(title=f"evaluation on {report.items} items (policies: fitted on half, measured on the other)")
-    for col in ("", "accuracy", "escalated", "LLM tokens / 1k items", "USD / 1k items"):
-        table.add_column(col, justify="right")
-    rows = [report.specialist, report.llm, *report.targets, *([report.policy] if report.policy else [])]
-    for p in rows:
-        name = p.name + ("" if p.reachable is not False else " (unreachable)")
-        table.add_row(
-            name, _pct(p.accuracy), _pct(p.escalation_share), f"{p.llm_tokens:,.0f}", f"{p.cost_per_1000:.4f}"
-        )
-    out.print(table)
-    bands = Table(title="accuracy per confidence band (all items)")
-    for col in ("band", "items", "specialist", "LLM"):
-        bands.add_column(col, justify="right")
-    for b in report.bands:
-        bands.add_row(
-            f"[{b['lo']:.1f}, {b['hi']:.1f})", str(b["n"]), _pct(b["specialist_accuracy"]), _pct(b["llm_accuracy"])
-        )
-    out.print(bands)
+    print_evaluation(out, report)
     out.print(f"report written to {out_dir / 'report.json'} and {out_dir / 'report.png'}")
 
 
