@@ -36,10 +36,13 @@ def main() -> None:
             ok = [t for t in trials if t.policy.reachable]
             met = np.mean([t.true_accuracy >= target for t in ok]) if ok else float("nan")
             share = np.mean([t.escalation_share for t in ok]) if ok else float("nan")
-            single = np.mean([best_single_threshold_share(pop, SIM_LLM, t.true_accuracy) or 1.0 for t in ok])
+            singles = [best_single_threshold_share(pop, SIM_LLM, t.true_accuracy) for t in ok]
+            reached = [s for s in singles if s is not None]
+            missed = len(singles) - len(reached)
+            single = f"{np.mean(reached):.3f}" + (f" ({missed} not reachable)" if missed else "")
             print(
                 f"| {target} | {delta} | {bound.value} | {len(trials)} | {len(ok)} | {met:.3f} | {share:.3f} | "
-                f"{single:.3f} |"
+                f"{single} |"
             )
 
 
