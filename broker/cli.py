@@ -37,8 +37,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _store(settings: Settings) -> JobStore:
@@ -390,6 +390,13 @@ def calibrate(
     print_bands(out, fitted)
     out.print(fitted.message)
     if not fitted.reachable:
+        cert = fitted.certificate
+        share = cert.escalation_share if cert else 0.0
+        usd = share * fitted.mean_llm_tokens * 1000 * settings.llm_usd_per_million_tokens / 1e6
+        out.print(
+            f"its cost: about {fitted.mean_llm_tokens * share * 1000:,.0f} LLM tokens, ${usd:.4f}, per 1,000 "
+            "items; no policy file written"
+        )
         raise typer.Exit(1)
     path = model / f"policy-{fitted.version}.json"
     path.write_text(fitted.model_dump_json(indent=2) + "\n")
@@ -419,7 +426,8 @@ def evaluate(
     store, job_id, checksum = _labelled_job(settings, data, model, 1.0, top_k, limit)
     cal = calibration_data(store.iter_results(job_id))
     view = store.get(job_id)
-    cost = CostModel.from_settings(settings, view.specialist_seconds / max(len(cal.confidence), 1))
+    n_items = max(len(cal.confidence), 1)
+    cost = CostModel.from_settings(settings, view.specialist_seconds / n_items, view.llm_seconds / n_items)
     ident = Identity(read_manifest(model)["model_sha256"], settings.llm_model, checksum)
     levels = [float(t) for t in targets.split(",") if t.strip()]
     report = run_evaluation(cal, cost, levels, delta, ident, chosen)

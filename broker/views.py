@@ -53,12 +53,19 @@ def print_bands(out: Console, policy: "Policy") -> None:
 
 def print_evaluation(out: Console, report: "Report") -> None:
     table = Table(title=f"evaluation on {report.items} items (policies: fitted on half, measured on the other)")
-    for col in ("", "accuracy", "escalated", "LLM tokens / 1k items", "USD / 1k items"):
+    for col in ("", "accuracy", "escalated", "LLM tokens / 1k items", "USD / 1k (tokens)", "USD / 1k (GPU-h)"):
         table.add_column(col, justify="right")
     rows = [report.specialist, report.llm, *report.targets, *([report.policy] if report.policy else [])]
     for p in rows:
         name = p.name + ("" if p.reachable is not False else " (unreachable)")
-        table.add_row(name, pct(p.accuracy), pct(p.escalation_share), f"{p.llm_tokens:,.0f}", f"{p.cost_per_1000:.5f}")
+        table.add_row(
+            name,
+            pct(p.accuracy),
+            pct(p.escalation_share),
+            f"{p.llm_tokens:,.0f}",
+            f"{p.cost_per_1000:.5f}",
+            f"{p.cost_per_1000_self_hosted:.5f}",
+        )
     out.print(table)
     bands = Table(title="accuracy per confidence band (all items)")
     for col in ("band", "items", "specialist", "LLM"):

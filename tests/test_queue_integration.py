@@ -95,3 +95,21 @@ def test_worker_refuses_to_serve_llm_queue_without_a_working_server(settings: Se
     )
     assert proc.returncode == 2
     assert "does not answer" in proc.stderr
+
+
+def test_calibration_refuses_labels_the_model_does_not_know(
+    settings: Settings, banking_model: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "cal.csv"
+    data.write_text("text,label\nwhere is my card,card_arrival\nwhat is the weather,weather_forecast\n")
+    proc = subprocess.run(
+        [CASCADE, "calibrate", "--model", str(banking_model), "--data", str(data), "--target-accuracy", "0.9"],
+        check=False,
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "1 label(s) the model" in proc.stderr
+    assert "weather_forecast" in proc.stderr

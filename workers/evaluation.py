@@ -48,12 +48,20 @@ def calibration_data(results: Iterable[dict[str, Any]]) -> CalibrationData:
 @dataclass(frozen=True)
 class CostModel:
     usd_per_token: float
+    """A hosted LLM's price."""
     usd_per_specialist_item: float
+    """CPU time of the specialist per item, at the CPU-hour price."""
+    usd_per_llm_item_self_hosted: float
+    """LLM worker time per escalated item (as measured by the evaluation job), at the GPU-hour price."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, specialist_seconds_per_item: float) -> "CostModel":
+    def from_settings(
+        cls, settings: Settings, specialist_seconds_per_item: float, llm_seconds_per_item: float
+    ) -> "CostModel":
         return cls(
-            settings.llm_usd_per_million_tokens / 1e6, specialist_seconds_per_item * settings.cpu_usd_per_hour / 3600
+            settings.llm_usd_per_million_tokens / 1e6,
+            specialist_seconds_per_item * settings.cpu_usd_per_hour / 3600,
+            llm_seconds_per_item * settings.gpu_usd_per_hour / 3600,
         )
 
 
@@ -65,6 +73,8 @@ class Point(BaseModel):
     """LLM tokens per 1,000 items."""
     cost_per_1000: float
     """USD per 1,000 items: LLM tokens at the model's price plus the specialist's CPU time."""
+    cost_per_1000_self_hosted: float
+    """USD per 1,000 items with a self-hosted vLLM: its measured time per item at the GPU-hour price."""
     target: float | None = None
     reachable: bool | None = None
     lower_bound: float | None = None
@@ -79,6 +89,8 @@ def point(name: str, data: CalibrationData, escalated: NDArray[np.bool_], cost: 
         escalation_share=float(np.mean(escalated)),
         llm_tokens=tokens,
         cost_per_1000=tokens * cost.usd_per_token + 1000 * cost.usd_per_specialist_item,
+        cost_per_1000_self_hosted=1000
+        * (float(np.mean(escalated)) * cost.usd_per_llm_item_self_hosted + cost.usd_per_specialist_item),
         **extra,
     )
 
