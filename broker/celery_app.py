@@ -4,6 +4,7 @@ The app is created bare at import (tasks register on it) and configured from a `
 called once by the CLI before a worker starts or a job is submitted.
 """
 
+import time
 from enum import Enum
 
 from celery import Celery
@@ -65,8 +66,15 @@ def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
 
 
 def send_specialist_chunk(celery: Celery, job_id: str, index: int) -> None:
-    celery.send_task(TaskName.SPECIALIST.value, args=[job_id, index], queue=QueueName.SPECIALIST.value)
+    celery.send_task(
+        TaskName.SPECIALIST.value,
+        args=[job_id, index],
+        kwargs={"sent_at": time.time()},
+        queue=QueueName.SPECIALIST.value,
+    )
 
 
 def send_llm_chunk(celery: Celery, job_id: str, escalations: list[dict[str, object]]) -> None:
-    celery.send_task(TaskName.LLM.value, args=[job_id, escalations], queue=QueueName.LLM.value)
+    celery.send_task(
+        TaskName.LLM.value, args=[job_id, escalations], kwargs={"sent_at": time.time()}, queue=QueueName.LLM.value
+    )

@@ -4,6 +4,8 @@ import asyncio
 import csv
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -71,23 +73,28 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1)] = 2,
     loglevel: str = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="/metrics port (CASCADE_METRICS_PORT); 0: none")] = None,
 ) -> None:
     """Start a Celery worker. Serving the llm queue first checks that the vLLM server constrains its output."""
-    from workers.llm import LLMClient
-
     settings = Settings()
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        # Multiprocess mode must be set up before prometheus_client is imported, here and in the pool's children.
+        folder = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / f"cascade-metrics-{port}")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = set(names) - {q.value for q in QueueName}
     if unknown or not names:
         raise InputError(f"--queues: unknown queue(s) {sorted(unknown)}; use specialist, llm")
     if QueueName.LLM.value in names:
+        _check_llm(settings)
+    if port:
+        from monitoring.exporter import serve
 
-        async def check() -> None:
-            async with LLMClient(settings) as client:
-                await client.check_constrained()
-
-        asyncio.run(check())
-        err.print(f"LLM server at {settings.llm_url} constrains its output: ok")
+        serve(port, _store(settings))
+        err.print(f"metrics on :{port}/metrics")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     configure(app, settings)
@@ -95,6 +102,17 @@ def worker(
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)
+
+
+def _check_llm(settings: Settings) -> None:
+    from workers.llm import LLMClient
+
+    async def check() -> None:
+        async with LLMClient(settings) as client:
+            await client.check_constrained()
+
+    asyncio.run(check())
+    err.print(f"LLM server at {settings.llm_url} constrains its output: ok")
 
 
 @cli.command()
@@ -172,6 +190,7 @@ def _spec(
         max_escalation=max_escalation,
         max_llm_cost=max_llm_cost,
         usd_per_llm_token=settings.llm_usd_per_million_tokens / 1e6,
+        usd_per_cpu_second=settings.cpu_usd_per_hour / 3600,
     )
 
 

@@ -35,6 +35,14 @@ class JobError(CascadeError):
 class LLMError(CascadeError):
     """The LLM server failed after its retries, or answered outside the contract."""
 
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
+        """timeout, connection, status_4xx, status_5xx, contract or other: the label of the error metric."""
+
 
 class LLMContractError(LLMError):
     """The LLM server does not constrain its answers to the choices it was given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="contract")

@@ -56,7 +56,9 @@ class JobSpec(BaseModel):
     max_llm_cost: float | None = Field(default=None, ge=0.0)
     """Budget: at most this many USD of estimated LLM cost for the whole job, spent in arrival order."""
     usd_per_llm_token: float = Field(default=0.0, ge=0.0)
-    """The cost model's LLM price at submission, for budgets."""
+    """The cost model's LLM price at submission, for budgets and the cost metric."""
+    usd_per_cpu_second: float = Field(default=0.0, ge=0.0)
+    """The cost model's CPU price at submission, for the cost metric."""
 
     @property
     def policy_version(self) -> str | None:
@@ -90,6 +92,8 @@ class ItemResult(BaseModel):
     llm_label: str | None = None
     llm_confidence: float | None = None
     llm_error: str | None = None
+    llm_error_kind: str | None = None
+    """timeout, connection, status_4xx, status_5xx, contract."""
     llm_prompt_tokens: int | None = None
     llm_completion_tokens: int | None = None
     sampling_probability: float | None = None
@@ -107,6 +111,7 @@ class ItemError(BaseModel):
     custom_id: str | None
     code: str
     message: str
+    llm_error_kind: str | None = None
 
 
 class Counts(BaseModel):

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     explore_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of confident items also sent to the LLM under a policy, to keep tier accuracies measured."""
 
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+    """Port of a worker's /metrics endpoint; 0 turns it off."""
+    metrics_dir: str = ""
+    """Prometheus multiprocess directory of a worker, wiped at start; default: a per-port folder under /tmp."""
+
     visibility_timeout: int = Field(default=3600, ge=60)
     """Seconds before Redis redelivers an unacknowledged task; longer than the longest chunk."""
     job_ttl: int = Field(default=7 * 24 * 3600, ge=60)

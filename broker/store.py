@@ -24,21 +24,22 @@ CHUNK_SUFFIX = ":chunk:"  # string: JSON list of the items of one chunk, until t
 RESULTS_SUFFIX = ":results"  # hash: custom_id -> ItemResult JSON
 ERRORS_SUFFIX = ":errors"  # hash: custom_id -> ItemError JSON, for valid items that failed
 INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines refused at intake
-ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM
+ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM for its answer
+EXPLORED_SUFFIX = ":explored"  # set: custom_ids sent to the LLM to measure it (the specialist's answer stays)
 
 # KEYS: job, results, errors. ARGV[1]: a JSON list of [kind 'r'|'e', custom_id, tier, correct 1|0|-1,
 # llm_error 1|0, record JSON, specialist's answer correct 1|0|-1, route]. Writes a record only for an item that has
-# none yet, and counts it once per tier.
+# none yet, and counts it once per tier. Returns the (1-based) positions of the records that were new.
 _RECORD = """
-local added = 0
+local added = {}
 local counts = {}
 local function bump(field, n) counts[field] = (counts[field] or 0) + n end
-for _, rec in ipairs(cjson.decode(ARGV[1])) do
+for pos, rec in ipairs(cjson.decode(ARGV[1])) do
   local id = rec[2]
   if redis.call('HEXISTS', KEYS[3], id) == 0 then
     if rec[1] == 'r' then
       if redis.call('HSETNX', KEYS[2], id, rec[6]) == 1 then
-        added = added + 1
+        table.insert(added, pos)
         bump('answered:' .. rec[3], 1)
         if rec[4] ~= -1 then
           bump('labelled:' .. rec[3], 1)
@@ -50,7 +51,7 @@ for _, rec in ipairs(cjson.decode(ARGV[1])) do
       end
     elseif redis.call('HEXISTS', KEYS[2], id) == 0 then
       redis.call('HSET', KEYS[3], id, rec[6])
-      added = added + 1
+      table.insert(added, pos)
     end
   end
 end
@@ -103,6 +104,16 @@ return 1
 
 
 _ITEMS = TypeAdapter(list[Item])
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one ``record`` call wrote: only records new in the store (a chunk that runs again writes none)."""
+
+    results: list[ItemResult]
+    errors: list[ItemError]
+    finished: bool
+    """This call ended the job (true for exactly one call per job)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,14 @@ class JobStore:
         key = JOB_PREFIX + job_id
         return cast(int, self._reserve(keys=[key], args=[str(chunk), str(budget), *map(repr, costs)]))
 
+    def statuses(self) -> list[JobStatus]:
+        """The status of every job still in the store."""
+        ids = self.redis.zrange(JOBS_KEY, 0, -1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(JOB_PREFIX + str(job_id), "status")
+            return [JobStatus(s) for s in pipe.execute() if s is not None]
+
     def list_ids(self, limit: int = 20) -> list[str]:
         return [str(v) for v in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
 
@@ -278,13 +297,23 @@ class JobStore:
 
     # --- records ------------------------------------------------------------------------------------------
 
-    def mark_escalated(self, job_id: str, custom_ids: Sequence[str]) -> None:
-        if custom_ids:
-            key = JOB_PREFIX + job_id + ESCALATED_SUFFIX
-            with self.redis.pipeline() as pipe:
-                pipe.sadd(key, *custom_ids)
+    def mark_sent(self, job_id: str, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
+        """Remember which items went to the LLM; returns those not marked before (a chunk may run twice)."""
+        new: set[str] = set()
+        for suffix, ids in ((ESCALATED_SUFFIX, escalated), (EXPLORED_SUFFIX, explored)):
+            if not ids:
+                continue
+            key = JOB_PREFIX + job_id + suffix
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cid in ids:
+                    pipe.sadd(key, cid)
                 pipe.expire(key, self.job_ttl)
-                pipe.execute()
+                added = pipe.execute()[:-1]
+            new |= {cid for cid, a in zip(ids, added, strict=True) if a}
+        return new
+
+    def invalid_count(self, job_id: str) -> int:
+        return int(self.redis.hlen(JOB_PREFIX + job_id + INVALID_SUFFIX))
 
     def unrecorded(self, job_id: str, custom_ids: Sequence[str]) -> list[str]:
         """The ids among ``custom_ids`` that have neither a result nor an error yet."""
@@ -297,8 +326,8 @@ class JobStore:
             results, errors = pipe.execute()
         return [c for c, r, e in zip(custom_ids, results, errors, strict=True) if r is None and e is None]
 
-    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> int:
-        """Write the records of items that have none yet; returns how many were new. Then ends the job if done."""
+    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> Recorded:
+        """Write the records of items that have none yet; returns the new ones. Then ends the job if done."""
         records: list[list[object]] = [
             [
                 "r",
@@ -317,16 +346,20 @@ class JobStore:
                 raise ValueError("an item error needs its custom_id")
             records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1, ""])
         if not records:
-            return 0
+            return Recorded([], [], finished=False)
         key = JOB_PREFIX + job_id
         keys = [key, key + RESULTS_SUFFIX, key + ERRORS_SUFFIX]
-        added = cast(int, self._record(keys=keys, args=[json.dumps(records)]))
+        positions = {int(p) - 1 for p in cast(list[int], self._record(keys=keys, args=[json.dumps(records)]))}
         with self.redis.pipeline() as pipe:
             pipe.expire(key + RESULTS_SUFFIX, self.job_ttl)
             pipe.expire(key + ERRORS_SUFFIX, self.job_ttl)
             pipe.execute()
-        self.try_finish(job_id)
-        return added
+        n = len(results)
+        return Recorded(
+            results=[r for i, r in enumerate(results) if i in positions],
+            errors=[e for i, e in enumerate(errors) if i + n in positions],
+            finished=self.try_finish(job_id),
+        )
 
     def try_finish(self, job_id: str) -> bool:
         key = JOB_PREFIX + job_id

@@ -8,6 +8,7 @@ connection errors, timeouts, 429 and 5xx answers with exponential backoff.
 
 import asyncio
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from openai import AsyncOpenAI
 
 from broker.exceptions import LLMContractError, LLMError
 from broker.settings import Settings
+from monitoring.metrics import STAGE_SECONDS
 
 SYSTEM_PROMPT = (
     "You are a text classifier. Read the message and answer with exactly one label from the list, and nothing else."
@@ -40,6 +42,16 @@ def build_messages(text: str, candidates: Sequence[str]) -> list[dict[str, str]]
     labels = "\n".join(f"- {c}" for c in candidates)
     user = f"Message:\n{text}\n\nLabels:\n{labels}\n\nAnswer with one label."
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _kind(error: openai.APIError) -> str:
+    if isinstance(error, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(error, openai.APIConnectionError):
+        return "connection"
+    if isinstance(error, openai.APIStatusError):
+        return f"status_{error.status_code // 100}xx"
+    return "other"
 
 
 def estimate_tokens(text: str, top_k: int) -> float:
@@ -102,6 +114,7 @@ class LLMClient:
         """One item; raises ``LLMError`` when the server still fails after its retries."""
         if not candidates:
             raise ValueError("no candidate labels")
+        start = time.perf_counter()
         try:
             response = await self._client.chat.completions.create(
                 model=self.model,
@@ -113,7 +126,9 @@ class LLMClient:
                 extra_body={"structured_outputs": {"choice": list(candidates)}},
             )
         except openai.APIError as e:
-            raise LLMError(f"{type(e).__name__}: {e}") from e
+            raise LLMError(f"{type(e).__name__}: {e}", kind=_kind(e)) from e
+        finally:
+            STAGE_SECONDS.labels(stage="llm_request").observe(time.perf_counter() - start)
         choice = response.choices[0]
         label = (choice.message.content or "").strip()
         if label not in candidates:

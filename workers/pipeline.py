@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from broker.exceptions import LLMError
 from broker.jobs import Item, ItemError, ItemResult, JobSpec, JobStatus, OnLLMError, Tier
-from broker.store import JobStore
+from broker.store import JobStore, Recorded
+from monitoring import metrics, observe
 from workers.llm import LLMAnswer, LLMClient, estimate_tokens
 from workers.policy import Route, route, route_with_policy, within_budget
 from workers.specialist import Specialist, top_candidates
@@ -86,7 +87,9 @@ def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemR
 
     An explored item keeps the specialist's answer whatever the job's policy: its LLM answer was never final."""
     if on_error is OnLLMError.FAIL and esc.route is not Route.EXPLORE:
-        return ItemError(line=esc.line, custom_id=esc.custom_id, code="llm_error", message=str(error))
+        return ItemError(
+            line=esc.line, custom_id=esc.custom_id, code="llm_error", message=str(error), llm_error_kind=error.kind
+        )
     return ItemResult(
         custom_id=esc.custom_id,
         line=esc.line,
@@ -98,6 +101,7 @@ def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemR
         specialist_confidence=esc.specialist_confidence,
         candidates=esc.candidates,
         llm_error=str(error),
+        llm_error_kind=error.kind,
         sampling_probability=esc.sampling_probability,
         gold=esc.gold,
         correct=_correct(esc.specialist_label, esc.gold),
@@ -192,7 +196,14 @@ def fail_chunk(store: JobStore, job_id: str, index: int, code: str, message: str
     errors = [
         ItemError(line=i.line, custom_id=i.custom_id, code=code, message=message) for i in store.chunk(job_id, index)
     ]
-    store.record(job_id, errors=errors)
+    recorded = store.record(job_id, errors=errors)
+    observe.failed_items(recorded.errors, tier="specialist")
+    _finished(store, job_id, recorded)
+
+
+def _finished(store: JobStore, job_id: str, recorded: Recorded) -> None:
+    if recorded.finished:
+        observe.job_finished(store.invalid_count(job_id))
 
 
 def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, index: int) -> list[Escalation]:
@@ -205,10 +216,23 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
     def reserve(costs: list[float]) -> int:
         return store.reserve_budget(job_id, index, costs, spec.max_llm_cost or 0.0)
 
-    accepted, escalated = split_chunk(store.chunk(job_id, index), specialist, spec, reserve)
-    store.mark_escalated(job_id, [e.custom_id for e in escalated if e.route is Route.ESCALATE])
-    store.record(job_id, results=accepted)
-    store.add_seconds(job_id, "specialist", time.perf_counter() - start)
+    items = store.chunk(job_id, index)
+    metrics.IN_FLIGHT.labels(tier="specialist").inc(len(items))
+    try:
+        accepted, escalated = split_chunk(items, specialist, spec, reserve)
+        new = store.mark_sent(
+            job_id,
+            [e.custom_id for e in escalated if e.route is Route.ESCALATE],
+            [e.custom_id for e in escalated if e.route is Route.EXPLORE],
+        )
+        recorded = store.record(job_id, results=accepted)
+    finally:
+        metrics.IN_FLIGHT.labels(tier="specialist").dec(len(items))
+    seconds = time.perf_counter() - start
+    store.add_seconds(job_id, "specialist", seconds)
+    sent = [(e.route, e.specialist_confidence) for e in escalated if e.custom_id in new]
+    observe.specialist_chunk(spec, recorded, sent, seconds, spec.usd_per_cpu_second)
+    _finished(store, job_id, recorded)
     # A chunk that runs again sends on only what has no record yet.
     pending = set(store.unrecorded(job_id, [e.custom_id for e in escalated]))
     return [e for e in escalated if e.custom_id in pending]
@@ -239,6 +263,13 @@ async def run_llm_chunk(store: JobStore, client: LLMClient, job_id: str, escalat
         return
     spec = store.spec(job_id)
     start = time.perf_counter()
-    results, errors = await answer_escalations(client, todo, spec.on_llm_error)
-    store.record(job_id, results=results, errors=errors)
-    store.add_seconds(job_id, "llm", time.perf_counter() - start)
+    metrics.IN_FLIGHT.labels(tier="llm").inc(len(todo))
+    try:
+        results, errors = await answer_escalations(client, todo, spec.on_llm_error)
+        recorded = store.record(job_id, results=results, errors=errors)
+    finally:
+        metrics.IN_FLIGHT.labels(tier="llm").dec(len(todo))
+    seconds = time.perf_counter() - start
+    store.add_seconds(job_id, "llm", seconds)
+    observe.llm_chunk(spec, recorded, seconds)
+    _finished(store, job_id, recorded)

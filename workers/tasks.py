@@ -1,15 +1,20 @@
 """Celery tasks: thin wrappers that give the plain functions of ``workers.pipeline`` their resources."""
 
 import asyncio
+import os
+import time
 from functools import lru_cache
 from typing import Any
 
 import redis
+from celery.signals import worker_process_shutdown
+from prometheus_client import multiprocess
 
 from broker.celery_app import TaskName, app, send_llm_chunk
 from broker.exceptions import ModelError
 from broker.settings import Settings
 from broker.store import JobStore
+from monitoring.metrics import QUEUE_WAIT
 from workers import specialist as specialist_model
 from workers.llm import LLMClient
 from workers.pipeline import Escalation, fail_chunk, run_llm_chunk, run_specialist_chunk
@@ -24,6 +29,18 @@ def _settings() -> Settings:
     return app.settings
 
 
+def _waited(queue: str, sent_at: float | None) -> None:
+    if sent_at is not None:
+        QUEUE_WAIT.labels(queue=queue).observe(max(time.time() - sent_at, 0.0))
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _process_gone(**_: object) -> None:
+    """A pool process exits: drop its live gauges from the multiprocess directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 @lru_cache(maxsize=1)
 def _store(url: str, ttl: int) -> JobStore:
     return JobStore.from_url(url, ttl)
@@ -35,7 +52,8 @@ def _specialist(path: str, sha256: str) -> specialist_model.Specialist:
 
 
 @app.task(name=TaskName.SPECIALIST.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
-def specialist_chunk(job_id: str, index: int) -> int:
+def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> int:
+    _waited("specialist", sent_at)
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
     spec = store.spec(job_id)
@@ -51,7 +69,8 @@ def specialist_chunk(job_id: str, index: int) -> int:
 
 
 @app.task(name=TaskName.LLM.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
-def llm_chunk(job_id: str, escalations: list[dict[str, Any]]) -> None:
+def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None) -> None:
+    _waited("llm", sent_at)
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
     items = [Escalation.model_validate(e) for e in escalations]

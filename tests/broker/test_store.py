@@ -31,15 +31,18 @@ def started_job(store: JobStore, n: int) -> str:
 
 def test_records_are_written_once_and_counted_once(store: JobStore) -> None:
     job = started_job(store, 3)
-    assert store.record(job, results=[result("c0", 1), result("c1", 2, label="b")]) == 2
+    first = store.record(job, results=[result("c0", 1), result("c1", 2, label="b")])
+    assert [r.custom_id for r in first.results] == ["c0", "c1"]
     # the same chunk again, and a late different answer for c0: nothing changes
-    assert store.record(job, results=[result("c0", 1, label="z"), result("c1", 2, label="b")]) == 0
-    assert store.record(job, errors=[ItemError(line=1, custom_id="c0", code="x", message="late")]) == 0
+    again = store.record(job, results=[result("c0", 1, label="z"), result("c1", 2, label="b"), result("c2", 3)])
+    assert [r.custom_id for r in again.results] == ["c2"]
+    assert store.record(job, errors=[ItemError(line=1, custom_id="c0", code="x", message="late")]).errors == []
     view = store.get(job)
-    assert (view.counts.completed, view.counts.failed, view.status) == (2, 0, JobStatus.IN_PROGRESS)
-    assert {r["custom_id"]: r["label"] for r in store.iter_results(job)} == {"c0": "a", "c1": "b"}
+    assert (view.counts.completed, view.counts.failed, view.status) == (3, 0, JobStatus.COMPLETED)
+    assert again.finished
+    assert {r["custom_id"]: r["label"] for r in store.iter_results(job)} == {"c0": "a", "c1": "b", "c2": "a"}
     stats = store.tier_stats(job)["specialist"]
-    assert (stats.answered, stats.labelled, stats.correct) == (2, 2, 1)
+    assert (stats.answered, stats.labelled, stats.correct) == (3, 3, 2)
 
 
 def test_job_completes_when_every_line_has_a_record(store: JobStore) -> None:
@@ -48,7 +51,7 @@ def test_job_completes_when_every_line_has_a_record(store: JobStore) -> None:
     store.redis.hset(f"cascade:job:{job}", "total", 3)
     store.record(job, results=[result("c0", 1)])
     assert store.get(job).status is JobStatus.IN_PROGRESS
-    store.record(job, errors=[ItemError(line=2, custom_id="c1", code="llm_error", message="down")])
+    assert store.record(job, errors=[ItemError(line=2, custom_id="c1", code="llm_error", message="down")]).finished
     view = store.get(job)
     assert view.status is JobStatus.COMPLETED
     assert (view.counts.total, view.counts.completed, view.counts.failed) == (3, 1, 2)
@@ -83,3 +86,10 @@ def test_budget_reservation_is_once_per_chunk_and_never_overspent(store: JobStor
     assert store.reserve_budget(job, 1, [0.1, 0.3], budget=1.0) == 1
     assert store.reserve_budget(job, 2, [0.05], budget=1.0) == 1
     assert store.reserve_budget(job, 3, [0.5], budget=1.0) == 0
+
+
+def test_mark_sent_returns_only_ids_not_marked_before(store: JobStore) -> None:
+    job = started_job(store, 3)
+    assert store.mark_sent(job, ["c0", "c1"], ["c2"]) == {"c0", "c1", "c2"}
+    assert store.mark_sent(job, ["c0", "c1"], ["c2"]) == set()
+    assert store.get(job).counts.escalated == 2  # explored items are not escalations

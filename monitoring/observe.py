@@ -1,0 +1,68 @@
+"""Turning what a chunk wrote into metrics. Called with only the records that were new in the store."""
+
+from collections.abc import Sequence
+
+from broker.jobs import ItemError, ItemResult, JobSpec, Tier
+from broker.store import Recorded
+from monitoring import metrics
+from workers.policy import Route
+
+
+def _labelled(results: Sequence[ItemResult]) -> None:
+    for r in results:
+        if r.correct is not None:
+            metrics.LABELLED.labels(tier=r.tier.value, correct=str(r.correct).lower()).inc()
+
+
+def specialist_chunk(
+    spec: JobSpec, recorded: Recorded, sent: Sequence[tuple[Route, float]], seconds: float, usd_per_cpu_second: float
+) -> None:
+    """A specialist chunk: its final answers, and the items it newly sent to the LLM (route, confidence)."""
+    for r in recorded.results:
+        outcome = "abstained" if r.tier is Tier.ABSTAIN else "answered"
+        metrics.ITEMS.labels(tier="specialist", outcome=outcome).inc()
+        metrics.CONFIDENCE.observe(r.specialist_confidence)
+    for route, confidence in sent:
+        metrics.CONFIDENCE.observe(confidence)
+        if route is Route.ESCALATE:
+            metrics.ITEMS.labels(tier="specialist", outcome="escalated").inc()
+        reason = {Route.EXPLORE: "exploration"}.get(route, "policy_band" if spec.policy else "low_confidence")
+        metrics.ESCALATIONS.labels(reason=reason).inc()
+    _labelled(recorded.results)
+    metrics.STAGE_SECONDS.labels(stage="specialist_chunk").observe(seconds)
+    metrics.COST.labels(tier="specialist").inc(seconds * usd_per_cpu_second)
+    if spec.policy is not None:
+        metrics.POLICY.labels(version=spec.policy.version, target=str(spec.policy.target_accuracy)).set(1)
+
+
+def llm_chunk(spec: JobSpec, recorded: Recorded, seconds: float) -> None:
+    tokens = 0
+    for r in recorded.results:
+        if r.route is Route.ESCALATE:
+            metrics.ITEMS.labels(tier="llm", outcome="failed" if r.llm_error else "answered").inc()
+        else:  # explored: the specialist's answer is final
+            metrics.ITEMS.labels(tier="specialist", outcome="answered").inc()
+        if r.llm_error:
+            metrics.LLM_ERRORS.labels(kind=r.llm_error_kind or "other").inc()
+        if r.llm_label is not None:
+            metrics.AGREEMENT.labels(route=r.route.value, agree=str(r.llm_label == r.specialist_label).lower()).inc()
+            metrics.LLM_TOKENS.labels(kind="prompt").inc(r.llm_prompt_tokens or 0)
+            metrics.LLM_TOKENS.labels(kind="completion").inc(r.llm_completion_tokens or 0)
+            tokens += (r.llm_prompt_tokens or 0) + (r.llm_completion_tokens or 0)
+    for e in recorded.errors:
+        metrics.ITEMS.labels(tier="llm", outcome="failed").inc()
+        metrics.LLM_ERRORS.labels(kind=e.llm_error_kind or "other").inc()
+    _labelled(recorded.results)
+    metrics.COST.labels(tier="llm").inc(tokens * spec.usd_per_llm_token)
+    metrics.STAGE_SECONDS.labels(stage="llm_chunk").observe(seconds)
+
+
+def failed_items(errors: Sequence[ItemError], tier: str) -> None:
+    for _ in errors:
+        metrics.ITEMS.labels(tier=tier, outcome="failed").inc()
+
+
+def job_finished(invalid_lines: int) -> None:
+    """Lines refused at intake, counted once, by the worker that ended the job."""
+    if invalid_lines:
+        metrics.ITEMS.labels(tier="intake", outcome="failed").inc(invalid_lines)
