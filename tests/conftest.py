@@ -91,6 +91,7 @@ def _env(settings: Settings) -> dict[str, str]:
             "CASCADE_REDIS_URL": settings.redis_url,
             "CASCADE_LLM_URL": settings.llm_url,
             "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
+            "CASCADE_METRICS_PORT": "0",  # a test that scrapes a worker gives it a port of its own
         }
     )
     return env
