@@ -31,8 +31,8 @@ from broker.jobs import JobSpec, JobStatus, OnLLMError
 from broker.settings import Settings
 from broker.store import JobStore
 from broker.submit import submit_file
-from broker.summary import summarize
-from broker.views import print_bands, print_evaluation, print_summary
+from broker.summary import Summary, summarize
+from broker.views import print_bands, print_cost, print_evaluation, print_summary
 
 cli = typer.Typer(
     help="Cascade: a cheap specialist on every item, an LLM (vLLM) on the unsure ones.",
@@ -203,7 +203,7 @@ def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
 def _finish(settings: Settings, job_id: str, as_json: bool) -> None:
     store = _store(settings)
     _wait(store, job_id)
-    summary = summarize(store.get(job_id), store.tier_stats(job_id), store.llm_errors(job_id))
+    summary = _summary(store, job_id)
     if as_json:
         out.print_json(summary.model_dump_json())
     else:
@@ -234,6 +234,21 @@ def _wait(store: JobStore, job_id: str, poll: float = 0.5) -> None:
             if job.status.is_final:
                 return
             time.sleep(poll)
+
+
+def _summary(store: JobStore, job_id: str) -> Summary:
+    return summarize(store.get(job_id), store.tier_stats(job_id), store.llm_errors(job_id), store.llm_usage(job_id))
+
+
+@cli.command()
+def report(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Cost and accuracy of a job, from the job store (for a user without Grafana)."""
+    summary = _summary(_store(Settings()), job_id)
+    if as_json:
+        out.print_json(summary.model_dump_json())
+    else:
+        print_summary(out, summary)
+        print_cost(out, summary)
 
 
 @cli.command()

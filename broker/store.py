@@ -48,6 +48,8 @@ for pos, rec in ipairs(cjson.decode(ARGV[1])) do
         end
         bump('llm_errors', rec[5])
         bump('route:' .. rec[8], 1)
+        bump('llm_tokens', rec[9])
+        if rec[9] > 0 then bump('llm_requests', 1) end
       end
     elseif redis.call('HEXISTS', KEYS[2], id) == 0 then
       redis.call('HSET', KEYS[3], id, rec[6])
@@ -233,6 +235,11 @@ class JobStore:
     def llm_errors(self, job_id: str) -> int:
         return int(self.redis.hget(JOB_PREFIX + job_id, "llm_errors") or 0)
 
+    def llm_usage(self, job_id: str) -> tuple[int, int]:
+        """LLM tokens (prompt + completion) and answered requests recorded for the job."""
+        tokens, requests = self.redis.hmget(JOB_PREFIX + job_id, ["llm_tokens", "llm_requests"])
+        return int(tokens or 0), int(requests or 0)
+
     def routes(self, job_id: str) -> dict[str, int]:
         """Answered items by the rule's decision (accept, escalate, explore, abstain)."""
         h = self.redis.hgetall(JOB_PREFIX + job_id)
@@ -338,13 +345,14 @@ class JobStore:
                 r.model_dump_json(),
                 -1 if r.gold is None else int(r.specialist_label == r.gold),
                 r.route.value,
+                (r.llm_prompt_tokens or 0) + (r.llm_completion_tokens or 0),
             ]
             for r in results
         ]
         for e in errors:
             if e.custom_id is None:
                 raise ValueError("an item error needs its custom_id")
-            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1, ""])
+            records.append(["e", e.custom_id, "", -1, 0, e.model_dump_json(), -1, "", 0])
         if not records:
             return Recorded([], [], finished=False)
         key = JOB_PREFIX + job_id

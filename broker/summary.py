@@ -31,15 +31,33 @@ class Summary(BaseModel):
     labelled: int
     tiers: dict[str, TierSummary]
     wall_seconds: float | None
+    llm_tokens: int = 0
+    cost_usd: dict[str, float] = {}
+    """Estimated cost by tier, from the cost model recorded in the job's spec."""
+    cost_per_1000_items: float | None = None
+    all_llm_cost_usd: float | None = None
+    """What sending every item to the LLM would have cost, at the job's measured cost per LLM request."""
 
 
-def summarize(job: JobView, tiers: dict[str, TierStats], llm_errors: int) -> Summary:
+def summarize(
+    job: JobView, tiers: dict[str, TierStats], llm_errors: int, llm_usage: tuple[int, int] = (0, 0)
+) -> Summary:
     labelled = sum(t.labelled for t in tiers.values())
     correct = sum(t.correct for t in tiers.values())
     specialist_correct = sum(t.specialist_correct for t in tiers.values())
     seconds = {"specialist": job.specialist_seconds, "llm": job.llm_seconds}
     valid = job.counts.completed + job.counts.failed
+    tokens, requests = llm_usage
+    cost = {
+        "specialist": job.specialist_seconds * job.spec.usd_per_cpu_second,
+        "llm": tokens * job.spec.usd_per_llm_token,
+    }
+    items = job.counts.completed + job.counts.failed
     return Summary(
+        llm_tokens=tokens,
+        cost_usd=cost,
+        cost_per_1000_items=1000 * sum(cost.values()) / items if items else None,
+        all_llm_cost_usd=cost["llm"] / requests * items if requests else None,
         job_id=job.id,
         status=job.status.value,
         total=job.counts.total,

@@ -6,9 +6,10 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker.celery_app import QueueName
 from broker.jobs import JobStatus
 from broker.store import JobStore
-from monitoring.metrics import JOBS
+from monitoring.metrics import JOBS, QUEUE_LENGTH
 
 
 class JobsCollector(Collector):
@@ -25,6 +26,10 @@ class JobsCollector(Collector):
         for name, n in counts.items():
             family.add_metric([name], n)
         yield family
+        queues = GaugeMetricFamily(QUEUE_LENGTH, "Tasks waiting in each Celery queue.", labels=["queue"])
+        for queue in QueueName:
+            queues.add_metric([queue.value], self.store.redis.llen(queue.value))
+        yield queues
 
 
 def serve(port: int, store: JobStore, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod network

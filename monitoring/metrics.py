@@ -58,8 +58,17 @@ POLICY = Gauge(
     multiprocess_mode="liveall",
 )
 
+POLICY_TARGET = Gauge(
+    "cascade_policy_target_accuracy",
+    "The accuracy target of each policy version a worker has applied.",
+    ["version"],
+    multiprocess_mode="liveall",
+)
+
 JOBS = "cascade_jobs"
 """Gauge family served by the jobs collector (``monitoring.exporter``): jobs by status, read from Redis."""
+QUEUE_LENGTH = "cascade_queue_length"
+"""Gauge family served by the jobs collector: tasks waiting in each Celery queue (Redis list length)."""
 
 METRIC_NAMES = {
     "cascade_items_total",
@@ -74,6 +83,8 @@ METRIC_NAMES = {
     "cascade_queue_wait_seconds",
     "cascade_items_in_flight",
     "cascade_policy_info",
+    "cascade_policy_target_accuracy",
     JOBS,
+    QUEUE_LENGTH,
 }
 """Every family Cascade exports (histograms also export ``_bucket``, ``_sum`` and ``_count`` series)."""

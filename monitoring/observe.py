@@ -33,6 +33,7 @@ def specialist_chunk(
     metrics.COST.labels(tier="specialist").inc(seconds * usd_per_cpu_second)
     if spec.policy is not None:
         metrics.POLICY.labels(version=spec.policy.version, target=str(spec.policy.target_accuracy)).set(1)
+        metrics.POLICY_TARGET.labels(version=spec.policy.version).set(spec.policy.target_accuracy)
 
 
 def llm_chunk(spec: JobSpec, recorded: Recorded, seconds: float) -> None:

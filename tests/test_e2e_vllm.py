@@ -104,3 +104,14 @@ def test_chunk_run_twice_changes_nothing(
     assert view.counts.completed + view.counts.failed == 120
     assert store.tier_stats(job)["llm"].answered + store.llm_errors(job) <= len(first)
     assert run_specialist_chunk(store, model, job, 0) == []  # the job ended: its chunks are gone
+
+
+def test_pinned_vllm_metric_names_are_exported_by_the_server(vllm_server: str) -> None:
+    import httpx2
+
+    from monitoring.vllm_metrics import VLLM_METRICS
+
+    text = httpx2.get(vllm_server.removesuffix("/v1") + "/metrics", timeout=10).text
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for name in VLLM_METRICS:
+        assert name in exported or f"{name}_bucket" in exported, f"vLLM no longer exports {name}"

@@ -18,6 +18,14 @@ ensure_venv() {
   fi
 }
 
+ensure_prometheus() {
+  # Prometheus and promtool (Debian package), for the monitoring tests and the local stack.
+  if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    echo "[cascade] installing prometheus (Debian package)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  fi
+}
+
 redis_answers() {
   (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null
 }

@@ -2,7 +2,7 @@
 # Stop the worker and the vLLM server that up.sh started (Redis is the machine's and stays).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-for name in worker "vllm-${CASCADE_VLLM_PORT:-8000}"; do
+for name in worker prometheus "vllm-${CASCADE_VLLM_PORT:-8000}"; do
   pidfile="$state/$name.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     kill -TERM "$(cat "$pidfile")" && echo "[cascade] stopped $name" >&2

@@ -8,6 +8,18 @@ ensure_venv
 ensure_redis
 bash "$root/deploy/local/vllm_serve.sh"
 
+ensure_prometheus
+prom_pid="$state/prometheus.pid"
+if [ -f "$prom_pid" ] && kill -0 "$(cat "$prom_pid")" 2>/dev/null; then
+  echo "[cascade] prometheus already running (pid $(cat "$prom_pid"))" >&2
+else
+  echo "[cascade] starting prometheus on 127.0.0.1:9090 (rules from monitoring/rules), log in $state/prometheus.log" >&2
+  nohup prometheus --config.file="$root/monitoring/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$state/prometheus-data" --web.listen-address=127.0.0.1:9090 \
+    >"$state/prometheus.log" 2>&1 </dev/null &
+  echo $! >"$prom_pid"
+fi
+
 pidfile="$state/worker.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "[cascade] worker already running (pid $(cat "$pidfile"))" >&2

@@ -1,0 +1,69 @@
+"""Metrics declared once with the pinned names; rules valid and unit-tested with promtool; no rule queries a
+metric that neither Cascade nor vLLM exports."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from monitoring import metrics
+from monitoring.vllm_metrics import VLLM_METRICS
+
+RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules"
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is missing: install the Debian package prometheus (.ci/run does)")
+    return path
+
+
+def exported_series() -> set[str]:
+    names = set(metrics.METRIC_NAMES)
+    return names | {n + s for n in names for s in HISTOGRAM_SUFFIXES}
+
+
+def test_every_declared_metric_has_its_pinned_name() -> None:
+    registered = {m.name for m in REGISTRY.collect() if m.name.startswith("cascade_")}
+    # the client reports counter families without `_total`
+    declared = {n.removesuffix("_total") for n in metrics.METRIC_NAMES} - {metrics.JOBS, metrics.QUEUE_LENGTH}
+    assert registered == declared
+
+
+def test_rules_pass_promtool_check_and_unit_tests() -> None:
+    check = subprocess.run(
+        [promtool(), "check", "rules", str(RULES / "cascade.rules.yml")], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [promtool(), "test", "rules", "cascade.test.yml"], cwd=RULES, capture_output=True, text=True, check=False
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_every_alert_has_a_promtool_test() -> None:
+    rules = yaml.safe_load((RULES / "cascade.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tests = yaml.safe_load((RULES / "cascade.test.yml").read_text())
+    tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", [])}
+    assert alerts == tested
+
+
+def queried_metrics(expr: str) -> set[str]:
+    return set(re.findall(r"\b(cascade_[a-z_]+|vllm:[a-z_:]+)", expr))
+
+
+def test_rules_query_only_metrics_that_exist() -> None:
+    rules = yaml.safe_load((RULES / "cascade.rules.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    known = exported_series() | VLLM_METRICS | recorded
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            unknown = queried_metrics(rule["expr"]) - known
+            assert not unknown, f"{rule.get('record') or rule.get('alert')} queries unknown metrics {unknown}"
