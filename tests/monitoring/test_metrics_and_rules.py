@@ -56,7 +56,7 @@ def test_every_alert_has_a_promtool_test() -> None:
 
 
 def queried_metrics(expr: str) -> set[str]:
-    return set(re.findall(r"\b(cascade_[a-z_]+|vllm:[a-z_:]+)", expr))
+    return set(re.findall(r"\b(cascade_[a-z0-9_]+|vllm:[a-z0-9_:]+)", expr))
 
 
 def test_rules_query_only_metrics_that_exist() -> None:
@@ -67,3 +67,25 @@ def test_rules_query_only_metrics_that_exist() -> None:
         for rule in group["rules"]:
             unknown = queried_metrics(rule["expr"]) - known
             assert not unknown, f"{rule.get('record') or rule.get('alert')} queries unknown metrics {unknown}"
+
+
+def test_dashboards_are_current_and_query_only_metrics_that_exist() -> None:
+    import json
+
+    from monitoring.dashboards import OUT, render
+
+    rules = yaml.safe_load((RULES / "cascade.rules.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    known = exported_series() | VLLM_METRICS | {f"{n}_bucket" for n in VLLM_METRICS} | recorded
+    for name, text in render().items():
+        assert (OUT / name).read_text() == text, f"{name} is stale: run python -m monitoring.dashboards"
+        dashboard = json.loads(text)
+        queried: set[str] = set()
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                queried |= queried_metrics(target["expr"])
+                queried |= set(re.findall(r"\b(cascade:[a-z0-9_:]+)", target["expr"]))
+        assert not queried - known, f"{name} queries unknown metrics {queried - known}"
+        # the dashboard shows the cascade and vLLM side by side
+        assert {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"} <= queried
+        assert "cascade_queue_length" in queried
