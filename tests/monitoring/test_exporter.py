@@ -1,0 +1,44 @@
+"""Multiprocess metrics: dead pool processes' files are compacted without losing counts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitoring.exporter import CompactingCollector, compact_dead
+
+CHILD = """
+from prometheus_client import Counter, Histogram
+c = Counter("demo_items", "d", ["tier"])
+h = Histogram("demo_seconds", "d", buckets=(1, 2))
+for _ in range({n}):
+    c.labels(tier="llm").inc()
+    h.observe(1.5)
+"""
+
+
+def run_child(folder: Path, n: int) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    subprocess.run([sys.executable, "-c", CHILD.format(n=n)], env=env, check=True, timeout=60)
+
+
+def scrape(folder: Path) -> str:
+    registry = CollectorRegistry()
+    registry.register(CompactingCollector(str(folder)))
+    return generate_latest(registry).decode()
+
+
+def test_dead_processes_are_compacted_and_counts_kept(tmp_path: Path) -> None:
+    for n in (3, 4, 5):  # three pool processes that ran and exited
+        run_child(tmp_path, n)
+    assert len(list(tmp_path.glob("counter_*.db"))) == 3
+    text = scrape(tmp_path)
+    assert 'demo_items_total{tier="llm"} 12.0' in text
+    assert 'demo_seconds_bucket{le="2.0"} 12.0' in text
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
+    run_child(tmp_path, 2)  # a recycled process adds to the archive
+    assert 'demo_items_total{tier="llm"} 14.0' in scrape(tmp_path)
+    assert compact_dead(str(tmp_path)) == 0
+    assert len(list(tmp_path.glob("*.db"))) == 2
