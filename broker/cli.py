@@ -30,7 +30,7 @@ from broker.exceptions import CascadeError, InputError, JobError
 from broker.jobs import JobSpec, JobStatus, OnLLMError
 from broker.settings import Settings
 from broker.store import JobStore
-from broker.submit import submit_file
+from broker.submit import build_spec, submit_file
 from broker.summary import Summary, summarize
 from broker.views import print_bands, print_cost, print_evaluation, print_summary
 
@@ -116,6 +116,19 @@ def _check_llm(settings: Settings) -> None:
 
 
 @cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+) -> None:
+    """Serve the HTTP API (OpenAI's Files and Batch API) with uvicorn."""
+    import uvicorn
+
+    from broker.api import create_app
+
+    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+
+
+@cli.command()
 def submit(
     input_file: Annotated[Path, typer.Argument(help="JSONL: one {custom_id, text[, label]} per line")],
     model: Annotated[Path, typer.Option(help="model folder written by `cascade train`")],
@@ -135,7 +148,7 @@ def submit(
 ) -> None:
     """Submit a batch job and print its id."""
     settings = Settings()
-    spec = _spec(
+    spec = build_spec(
         settings,
         model,
         threshold=threshold,
@@ -150,48 +163,6 @@ def submit(
     out.print(job_id)
     if wait:
         _finish(settings, job_id, as_json)
-
-
-def _spec(
-    settings: Settings,
-    model: Path,
-    threshold: float = 0.5,
-    top_k: int | None = None,
-    on_llm_error: OnLLMError = OnLLMError.KEEP,
-    policy_file: Path | None = None,
-    max_escalation: float | None = None,
-    max_llm_cost: float | None = None,
-    explore: float | None = None,
-) -> JobSpec:
-    from workers.policy import load_policy
-    from workers.specialist import read_manifest
-
-    manifest = read_manifest(model)
-    policy = None
-    if policy_file is not None:
-        policy = load_policy(policy_file)
-        if policy.specialist_sha256 != manifest["model_sha256"]:
-            raise InputError(f"{policy_file}: calibrated for another specialist than {model}; calibrate again")
-        if policy.llm_model != settings.llm_model:
-            raise InputError(
-                f"{policy_file}: calibrated with LLM {policy.llm_model!r}, but CASCADE_LLM_MODEL is "
-                f"{settings.llm_model!r}; its guarantee does not carry over; calibrate again"
-            )
-        rate = explore if explore is not None else (settings.explore_rate or policy.explore_rate)
-        policy = policy.model_copy(update={"explore_rate": rate})
-    return JobSpec(
-        model_path=str(model.resolve()),
-        model_sha256=manifest["model_sha256"],
-        threshold=threshold,
-        top_k=settings.top_k if top_k is None else top_k,
-        on_llm_error=on_llm_error,
-        llm_model=settings.llm_model,
-        policy=policy,
-        max_escalation=max_escalation,
-        max_llm_cost=max_llm_cost,
-        usd_per_llm_token=settings.llm_usd_per_million_tokens / 1e6,
-        usd_per_cpu_second=settings.cpu_usd_per_hour / 3600,
-    )
 
 
 def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
@@ -338,7 +309,7 @@ def demo(
         jsonl = Path(tmp) / "test.jsonl"
         n = _csv_to_jsonl(data / "test.csv", jsonl)
         out.print(f"submitting {n} items from {data / 'test.csv'} (threshold {threshold})")
-        job_id = _submit(settings, jsonl, _spec(settings, model, threshold=threshold, top_k=top_k))
+        job_id = _submit(settings, jsonl, build_spec(settings, model, threshold=threshold, top_k=top_k))
     out.print(job_id)
     _finish(settings, job_id, as_json=False)
 
@@ -374,7 +345,7 @@ def _labelled_job(
                     json.dumps({"custom_id": f"row-{i + 2}", "text": labelled.texts[i], "label": labelled.labels[i]})
                     + "\n"
                 )
-        job_id = _submit(settings, jsonl, _spec(settings, model, threshold=threshold, top_k=top_k))
+        job_id = _submit(settings, jsonl, build_spec(settings, model, threshold=threshold, top_k=top_k))
     store = _store(settings)
     err.print(f"{job_id}: {n} labelled items, LLM asked below confidence {threshold:.3f}")
     _wait(store, job_id)

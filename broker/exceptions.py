@@ -4,7 +4,8 @@
     ├── SettingsError           a setting is missing or out of range
     ├── InputError              a data file or input line is unusable (names the file, line and field)
     ├── ModelError              a model folder is missing, altered, foreign or built with other library versions
-    ├── JobError                a job does not exist or cannot do what was asked in its state
+    ├── JobError                a job cannot do what was asked in its state
+    │   └── NotFoundError       no such job or file (or not the caller's)
     └── LLMError                the LLM server failed or broke its contract
         └── LLMContractError    the server does not constrain its output to the given choices
 
@@ -30,6 +31,10 @@ class ModelError(CascadeError):
 
 class JobError(CascadeError):
     """A job does not exist, or cannot do what was asked in its current state."""
+
+
+class NotFoundError(JobError):
+    """No such job or file, or one that belongs to another caller."""
 
 
 class LLMError(CascadeError):

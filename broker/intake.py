@@ -48,6 +48,11 @@ class Intake:
             return _error(
                 line_no, None, ErrorCode.INVALID_FIELD, f"line {line_no}: field 'custom_id' must be a non-empty string"
             )
+        if "body" in obj or "url" in obj:  # OpenAI's batch line: the text is the last user message
+            text, problem = _openai_text(obj)
+            if problem is not None:
+                return _error(line_no, custom_id, problem[0], f"line {line_no}: {problem[1]}")
+            obj = {**obj, "text": text}
         problem = _check_text(obj.get("text"), self.max_text_chars) or _check_label(obj.get("label"))
         if problem is not None:
             code, message = problem
@@ -58,6 +63,29 @@ class Intake:
             )
         self.seen.add(custom_id)
         return Item(custom_id=custom_id, text=obj["text"], line=line_no, label=obj.get("label"))
+
+
+ENDPOINT = "/v1/chat/completions"
+
+
+def _openai_text(obj: dict[str, Any]) -> tuple[str | None, tuple[ErrorCode, str] | None]:
+    if obj.get("method", "POST") != "POST":
+        return None, (ErrorCode.INVALID_FIELD, "field 'method' must be POST")
+    if obj.get("url") != ENDPOINT:
+        return None, (ErrorCode.INVALID_FIELD, f"field 'url' must be {ENDPOINT}")
+    body = obj.get("body")
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None, (ErrorCode.MISSING_FIELD, "field 'body.messages' is missing")
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        return None, (ErrorCode.MISSING_FIELD, "field 'body.messages' has no user message")
+    content = users[-1].get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if not isinstance(content, str):
+        return None, (ErrorCode.INVALID_FIELD, "field 'body.messages[-1].content' must be text")
+    return content, None
 
 
 def _check_text(text: object, max_chars: int) -> tuple[ErrorCode, str] | None:

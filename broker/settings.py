@@ -1,6 +1,6 @@
 """The one settings object. Built from ``CASCADE_*`` environment variables by ``Settings()`` and passed in."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,23 @@ class Settings(BaseSettings):
     """One GPU-hour, for self-hosted vLLM (used by `cascade evaluate` when tokens have no price)."""
     explore_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of confident items also sent to the LLM under a policy, to keep tier accuracies measured."""
+
+    api_tokens: SecretStr = SecretStr("")
+    """Bearer tokens of the HTTP API and their owners: ``token1=team-a,token2=team-b``. A caller sees only its
+    own files and batches. The API refuses to start without any."""
+    files_dir: str = "var/files"
+    """Where the API keeps uploaded input files (relative to the working directory, or absolute)."""
+    model_dir: str = ""
+    """The specialist that the API's batches use (a folder written by `cascade train`)."""
+    policy_file: str = ""
+    """A policy file for the API's batches; empty: the threshold."""
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    """Escalation threshold for the API's batches without a policy (metadata ``cascade_threshold`` overrides)."""
+
+    def owners(self) -> dict[str, str]:
+        """Bearer token -> owner, from ``api_tokens``."""
+        pairs = [p.split("=", 1) for p in self.api_tokens.get_secret_value().split(",") if p.strip()]
+        return {token.strip(): owner.strip() for token, owner in pairs}
 
     metrics_port: int = Field(default=9808, ge=0, le=65535)
     """Port of a worker's /metrics endpoint; 0 turns it off."""

@@ -14,11 +14,12 @@ from typing import Any, cast
 import redis
 from pydantic import TypeAdapter
 
-from broker.exceptions import JobError
+from broker.exceptions import JobError, NotFoundError
 from broker.jobs import Counts, Item, ItemError, ItemResult, JobSpec, JobStatus, JobView
 
 # Key layout. Every key of a job starts with its job key, and expires ``job_ttl`` seconds after creation.
 JOBS_KEY = "cascade:jobs"  # sorted set: job id -> creation time
+OWNER_PREFIX = "cascade:owner:"  # sorted set: the job ids of one API caller -> creation time
 JOB_PREFIX = "cascade:job:"  # hash: spec, status, total, timings and per-tier counters of one job
 CHUNK_SUFFIX = ":chunk:"  # string: JSON list of the items of one chunk, until the job ends
 RESULTS_SUFFIX = ":results"  # hash: custom_id -> ItemResult JSON
@@ -149,30 +150,50 @@ class JobStore:
 
     # --- jobs ---------------------------------------------------------------------------------------------
 
-    def create(self, spec: JobSpec) -> str:
-        job_id = "job_" + uuid.uuid4().hex
+    def create(self, spec: JobSpec, owner: str = "", extra: dict[str, str] | None = None) -> str:
+        """A new job, validating. ``owner`` scopes who may see it (the API's caller); ``extra`` is kept as is."""
+        job_id = "batch_" + uuid.uuid4().hex
         now = time.time()
         key = JOB_PREFIX + job_id
+        fields: dict[
+            bytes | bytearray | memoryview[int] | str | int | float,
+            bytes | bytearray | memoryview[int] | str | int | float,
+        ] = {
+            "spec": spec.model_dump_json(),
+            "status": JobStatus.VALIDATING.value,
+            "created_at": repr(now),
+            "owner": owner,
+        }
+        fields.update(extra or {})
         with self.redis.pipeline() as pipe:
-            pipe.hset(
-                key,
-                mapping={"spec": spec.model_dump_json(), "status": JobStatus.VALIDATING.value, "created_at": repr(now)},
-            )
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, self.job_ttl)
             pipe.zadd(JOBS_KEY, {job_id: now})
+            pipe.zadd(OWNER_PREFIX + owner, {job_id: now})
+            pipe.expire(OWNER_PREFIX + owner, self.job_ttl)
             pipe.execute()
         return job_id
+
+    def fields(self, job_id: str, *names: str) -> list[str | None]:
+        return [None if v is None else str(v) for v in self.redis.hmget(JOB_PREFIX + job_id, list(names))]
+
+    def owned_ids(self, owner: str, limit: int = 100, after: str | None = None) -> list[str]:
+        """The owner's jobs, newest first; ``after`` pages on from a job id."""
+        ids = [str(v) for v in self.redis.zrevrange(OWNER_PREFIX + owner, 0, -1)]
+        if after is not None and after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        return [i for i in ids if self.redis.exists(JOB_PREFIX + i)][:limit]
 
     def spec(self, job_id: str) -> JobSpec:
         raw = self.redis.hget(JOB_PREFIX + job_id, "spec")
         if raw is None:
-            raise JobError(f"no job {job_id!r}")
+            raise NotFoundError(f"no job {job_id!r}")
         return JobSpec.model_validate_json(raw)
 
     def status(self, job_id: str) -> JobStatus:
         raw = self.redis.hget(JOB_PREFIX + job_id, "status")
         if raw is None:
-            raise JobError(f"no job {job_id!r}")
+            raise NotFoundError(f"no job {job_id!r}")
         return JobStatus(str(raw))
 
     def get(self, job_id: str) -> JobView:
@@ -185,7 +206,7 @@ class JobStore:
             pipe.scard(key + ESCALATED_SUFFIX)
             fields, n_results, n_errors, n_invalid, n_escalated = pipe.execute()
         if not fields:
-            raise JobError(f"no job {job_id!r}")
+            raise NotFoundError(f"no job {job_id!r}")
         h: dict[str, str] = fields
         return JobView(
             id=job_id,
@@ -382,7 +403,7 @@ class JobStore:
         key = JOB_PREFIX + job_id
         changed = cast(int, self._end(keys=[key], args=[status.value, repr(time.time())]))
         if changed == -1:
-            raise JobError(f"no job {job_id!r}")
+            raise NotFoundError(f"no job {job_id!r}")
         if changed and error:
             self.redis.hset(key, "error", error)
         if changed:

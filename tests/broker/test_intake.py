@@ -54,3 +54,40 @@ def test_refused_line_does_not_reserve_its_custom_id() -> None:
     intake = Intake(5)
     assert isinstance(parse(intake, 1, '{"custom_id": "a", "text": "far too long"}'), ItemError)
     assert isinstance(parse(intake, 2, '{"custom_id": "a", "text": "ok"}'), Item)
+
+
+def openai_line(cid: str, content: object, url: str = "/v1/chat/completions") -> str:
+    return json.dumps(
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": url,
+            "body": {
+                "model": "m",
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": content}],
+            },
+        }
+    )
+
+
+def test_openai_batch_line_uses_the_last_user_message() -> None:
+    item = parse(Intake(100), 1, openai_line("a", "where is my card"))
+    assert isinstance(item, Item)
+    assert item.text == "where is my card"
+    parts = parse(Intake(100), 2, openai_line("b", [{"type": "text", "text": "hello"}]))
+    assert isinstance(parts, Item)
+    assert parts.text == "hello"
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (openai_line("a", "x", url="/v1/embeddings"), "'url'"),
+        (json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {}}), "'body.messages'"),
+        (openai_line("a", 5), "content"),
+    ],
+)
+def test_bad_openai_lines_name_the_field(line: str, field: str) -> None:
+    error = parse(Intake(100), 3, line)
+    assert isinstance(error, ItemError)
+    assert field in error.message

@@ -1,0 +1,213 @@
+"""Cascade's HTTP API: OpenAI's Files and Batch API, so that OpenAI clients and batch files work unchanged.
+
+Bearer tokens come from ``CASCADE_API_TOKENS`` (token=owner pairs); a caller sees only its own files and batches,
+and another caller's are answered 404, like missing ones. Domain errors become HTTP errors here, at the edge.
+"""
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
+from broker.celery_app import app as celery_app
+from broker.celery_app import configure, send_specialist_chunk
+from broker.exceptions import CascadeError, InputError, NotFoundError, SettingsError
+from broker.files import FileObject, FileStore
+from broker.intake import ENDPOINT
+from broker.jobs import JobStatus
+from broker.settings import Settings
+from broker.store import JobStore
+from broker.submit import build_spec, submit_file
+
+API_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata", "started_at")
+
+
+class CreateBatch(BaseModel):
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the endpoints share: built once by ``create_app``, kept on ``app.state``."""
+
+    settings: Settings
+    owners: dict[str, str]
+    store: JobStore
+    files: FileStore
+
+    def owned_job(self, job_id: str, owner: str) -> None:
+        (found,) = self.store.fields(job_id, "owner")
+        if found != owner:
+            raise NotFoundError(f"no batch {job_id!r}")
+
+    def view(self, job_id: str) -> Batch:
+        values = self.store.fields(job_id, *API_FIELDS)
+        return batch_view(self.store.get(job_id), dict(zip(API_FIELDS, values, strict=True)))
+
+
+def _context(request: Request) -> Context:
+    ctx: Context = request.app.state.cascade
+    return ctx
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _caller(
+    ctx: Annotated[Context, Depends(_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    if credentials is not None:
+        for token, owner in ctx.owners.items():
+            if secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+                return owner
+    raise HTTPException(status_code=401, detail="a valid bearer token is required")
+
+
+Ctx = Annotated[Context, Depends(_context)]
+Owner = Annotated[str, Depends(_caller)]
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/files")
+async def upload(ctx: Ctx, owner: Owner, file: UploadFile, purpose: Annotated[str, Form()]) -> FileObject:
+    if purpose != "batch":
+        raise InputError(f"purpose must be 'batch', not {purpose!r}")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while block := await file.read(1 << 20):
+            yield block
+
+    return await ctx.files.save(owner, file.filename or "input.jsonl", purpose, chunks())
+
+
+@router.get("/files/{file_id}")
+def file_info(ctx: Ctx, owner: Owner, file_id: str) -> FileObject:
+    return ctx.files.get(file_id, owner)
+
+
+@router.get("/files/{file_id}/content", response_model=None)
+def file_content(ctx: Ctx, owner: Owner, file_id: str) -> FileResponse | StreamingResponse:
+    for prefix in (OUTPUT_PREFIX, ERRORS_PREFIX):
+        if file_id.startswith(prefix):
+            job_id = file_id.removeprefix(prefix)
+            ctx.owned_job(job_id, owner)
+            if not ctx.store.status(job_id).is_final:
+                raise NotFoundError(f"no file {file_id!r} yet: the batch has not ended")
+            lines = _output(ctx.store, job_id) if prefix == OUTPUT_PREFIX else _errors(ctx.store, job_id)
+            return StreamingResponse(lines, media_type="application/jsonl")
+    ctx.files.get(file_id, owner)
+    return FileResponse(ctx.files.path(file_id), media_type="application/jsonl")
+
+
+@router.post("/batches")
+def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch, background: BackgroundTasks) -> Batch:
+    if body.endpoint != ENDPOINT:
+        raise InputError(f"endpoint must be {ENDPOINT}, not {body.endpoint!r}")
+    ctx.files.get(body.input_file_id, owner)
+    metadata = body.metadata or {}
+    settings = ctx.settings
+    try:
+        threshold = float(metadata.get("cascade_threshold", settings.threshold))
+    except ValueError as e:
+        raise InputError(f"metadata.cascade_threshold must be a number ({e})") from e
+    spec = build_spec(
+        settings,
+        Path(settings.model_dir),
+        threshold=threshold,
+        policy_file=Path(settings.policy_file) if settings.policy_file else None,
+    )
+    extra = {
+        "input_file_id": body.input_file_id,
+        "endpoint": body.endpoint,
+        "completion_window": body.completion_window,
+        "metadata": json.dumps(metadata),
+    }
+    job_id = ctx.store.create(spec, owner=owner, extra=extra)
+    background.add_task(
+        submit_file,
+        ctx.store,
+        lambda job, index: send_specialist_chunk(celery_app, job, index),
+        settings,
+        ctx.files.path(body.input_file_id),
+        spec,
+        job_id,
+    )
+    return ctx.view(job_id)
+
+
+@router.get("/batches/{batch_id}")
+def get_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
+    ctx.owned_job(batch_id, owner)
+    return ctx.view(batch_id)
+
+
+@router.get("/batches")
+def list_batches(ctx: Ctx, owner: Owner, limit: int = 20, after: str | None = None) -> dict[str, Any]:
+    ids = ctx.store.owned_ids(owner, limit=limit + 1, after=after)
+    data = [ctx.view(i) for i in ids[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0].id if data else None,
+        "last_id": data[-1].id if data else None,
+        "has_more": len(ids) > limit,
+    }
+
+
+@router.post("/batches/{batch_id}/cancel")
+def cancel_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
+    ctx.owned_job(batch_id, owner)
+    ctx.store.end(batch_id, JobStatus.CANCELLED)
+    return ctx.view(batch_id)
+
+
+async def _not_found(_: Request, e: Exception) -> JSONResponse:
+    return _error(404, str(e), "invalid_request_error")
+
+
+async def _bad_request(_: Request, e: Exception) -> JSONResponse:
+    return _error(400, str(e), "invalid_request_error")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    owners = settings.owners()
+    if not owners:
+        raise SettingsError("CASCADE_API_TOKENS is empty: the API needs at least one token=owner pair")
+    if not settings.model_dir:
+        raise SettingsError("CASCADE_MODEL_DIR is empty: the API's batches need a specialist model folder")
+    store = JobStore.from_url(settings.redis_url, settings.job_ttl)
+    configure(celery_app, settings)
+    api = FastAPI(title="Cascade Batch API", version="1", description=__doc__)
+    api.state.cascade = Context(settings, owners, store, FileStore(store.redis, settings.files_dir, settings.job_ttl))
+    api.add_exception_handler(NotFoundError, _not_found)
+    api.add_exception_handler(CascadeError, _bad_request)
+    api.include_router(router)
+    return api
+
+
+def _output(store: JobStore, job_id: str) -> Iterator[str]:
+    job = store.get(job_id)
+    created = int(job.finished_at or job.created_at)
+    for r in store.iter_results(job_id):
+        yield json.dumps(output_line(job_id, job.spec.llm_model, created, r)) + "\n"
+
+
+def _errors(store: JobStore, job_id: str) -> Iterator[str]:
+    for e in store.iter_errors(job_id):
+        yield json.dumps(error_line(job_id, e)) + "\n"
