@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     metrics_dir: str = ""
     """Prometheus multiprocess directory of a worker, wiped at start; default: a per-port folder under /tmp."""
 
-    visibility_timeout: int = Field(default=3600, ge=60)
+    visibility_timeout: int = Field(default=3600, ge=1)
     """Seconds before Redis redelivers an unacknowledged task; longer than the longest chunk."""
     job_ttl: int = Field(default=7 * 24 * 3600, ge=60)
     """Seconds a job's keys are kept after it was created."""

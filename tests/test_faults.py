@@ -1,0 +1,98 @@
+"""Faults survived, nothing lost: real worker processes killed, jobs cancelled. Each job must end with every
+input line exactly once in the results or the errors."""
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.jobs import JobStatus
+from broker.settings import Settings
+from broker.store import JobStore
+from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
+from tests.test_queue_integration import export, submit
+
+
+def banking_rows(n: int, start: int = 0) -> list[dict[str, object] | str]:
+    with (dataset("banking77") / "test.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[start : start + n]
+    return [{"custom_id": f"k{start + i}", "text": r["text"], "label": r["label"]} for i, r in enumerate(rows)]
+
+
+def every_line_once(settings: Settings, job: str, n_lines: int, tmp_path: Path) -> list[dict[str, object]]:
+    results = export(settings, "results", job, tmp_path)
+    errors = export(settings, "errors", job, tmp_path)
+    lines = sorted(int(str(r["line"])) for r in [*results, *errors])
+    assert lines == list(range(1, n_lines + 1)), "every input line exactly once in results or errors"
+    ids = [r["custom_id"] for r in results]
+    assert len(ids) == len(set(ids))
+    return results
+
+
+@pytest.mark.llm
+def test_worker_killed_mid_chunk_another_finishes(
+    settings: Settings,
+    store: JobStore,
+    banking_model: Path,
+    vllm_server: str,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    rows = banking_rows(600)
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    short = {"CASCADE_VISIBILITY_TIMEOUT": "10"}  # redeliver unacknowledged tasks quickly
+    first = start_worker(queues="specialist,llm", concurrency=1, **short)
+    job = submit(settings, path, banking_model, "--threshold", "0.8")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill while LLM chunks are in flight: some answered, not all
+        view = store.get(job)
+        if store.tier_stats(job).get("llm") and view.counts.completed < len(rows) - 20:
+            break
+        time.sleep(0.2)
+    assert store.get(job).status is JobStatus.IN_PROGRESS
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_at_kill = store.get(job).counts.completed
+    start_worker(queues="specialist,llm", concurrency=2, **short)
+    wait_for(store, job, timeout=600)
+    view = store.get(job)
+    assert view.status is JobStatus.COMPLETED
+    assert done_at_kill < len(rows)
+    every_line_once(settings, job, len(rows), tmp_path)
+
+
+def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
+    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
+        base = list(csv.DictReader(f))
+    rows: list[dict[str, object] | str] = [
+        {"custom_id": f"s{r['id']}-{k}", "text": r["text"]} for k in range(4) for r in base
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    job = submit(settings, path, sms_model, "--threshold", "0")  # queued: no worker yet
+    start_worker(queues="specialist", concurrency=1)
+    deadline = time.monotonic() + 120
+    while store.get(job).counts.completed == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = subprocess.run(
+        [CASCADE, "cancel", job],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "cancelled" in out.stdout
+    kept = store.get(job).counts.completed
+    time.sleep(3)  # queued chunks are drained without work
+    view = store.get(job)
+    assert view.status is JobStatus.CANCELLED
+    assert 0 < view.counts.completed < len(rows)
+    assert view.counts.completed - kept <= settings.chunk_size  # at most the chunk in flight landed after
+    results = export(settings, "results", job, tmp_path)
+    assert len({r["custom_id"] for r in results}) == len(results) == view.counts.completed
