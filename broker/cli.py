@@ -193,12 +193,14 @@ def _wait(store: JobStore, job_id: str, poll: float = 0.5) -> None:
         TimeRemainingColumn(),
     )
     start = time.monotonic()
+    first: int | None = None
     with Progress(*columns, console=err, transient=False) as progress:
         bar = progress.add_task("validating", total=None, rate="")
         while True:
             job = store.get(job_id)
             done = job.counts.completed + job.counts.failed
-            rate = done / max(time.monotonic() - start, 1e-9)
+            first = done if first is None else first
+            rate = (done - first) / max(time.monotonic() - start, 1e-9)
             progress.update(
                 bar, completed=done, total=job.counts.total, description=job.status.value, rate=f"{rate:,.0f} items/s"
             )
@@ -226,9 +228,12 @@ def report(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
 def status(
     job_id: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    watch: Annotated[bool, typer.Option(help="a live progress bar (rate, time left) until the job ends")] = False,
 ) -> None:
     """Show a job's status and counts."""
     store = _store(Settings())
+    if watch:
+        _wait(store, job_id)
     job = store.get(job_id)
     if as_json:
         out.print_json(job.model_dump_json())

@@ -126,3 +126,28 @@ def test_callers_see_only_their_own_and_need_a_token(api_url: str, tmp_path: Pat
         openai.OpenAI(base_url=api_url, api_key="wrong").batches.list()
     cancelled = a.batches.cancel(batch.id)
     assert cancelled.status in {"cancelled", "completed"}
+
+
+def test_fuzzing_the_api_from_its_openapi_document_finds_no_server_error(api_url: str) -> None:
+    schemathesis = str(Path(CASCADE).parent / "schemathesis")
+    run = subprocess.run(
+        [
+            schemathesis,
+            "run",
+            api_url.removesuffix("/v1") + "/openapi.json",
+            "-H",
+            "Authorization: Bearer tok-a",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "passed" in run.stdout
