@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from broker.jobs import JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
+from tests.monitoring.test_prometheus_e2e import free_port
 from tests.test_queue_integration import export, submit
 
 
@@ -96,3 +98,71 @@ def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
     assert view.counts.completed - kept <= settings.chunk_size  # at most the chunk in flight landed after
     results = export(settings, "results", job, tmp_path)
     assert len({r["custom_id"] for r in results}) == len(results) == view.counts.completed
+
+
+def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+            str(folder),
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("redis-server did not start")
+
+
+def test_redis_restarted_mid_job_loses_nothing(
+    settings: Settings, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """A Redis of the test's own, persisting (appendonly, fsync always, noeviction), restarted mid-job."""
+    port = free_port()
+    server = _redis_server(port, tmp_path)
+    own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/1"})
+    store = JobStore.from_url(own.redis_url, own.job_ttl)
+    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
+        base = list(csv.DictReader(f))
+    rows: list[dict[str, object] | str] = [
+        {"custom_id": f"r{r['id']}-{k}", "text": r["text"]} for k in range(6) for r in base
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    env = {"CASCADE_REDIS_URL": own.redis_url, "CASCADE_VISIBILITY_TIMEOUT": "5"}
+    try:
+        job = submit(own, path, sms_model, "--threshold", "0")
+        start_worker(queues="specialist", concurrency=1, **env)
+        deadline = time.monotonic() + 120
+        while store.get(job).counts.completed < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get(job).status is JobStatus.IN_PROGRESS
+        redis.Redis(port=port).shutdown()  # persists the append-only file, then exits
+        server.wait(timeout=30)
+        time.sleep(2)
+        server = _redis_server(port, tmp_path)
+        deadline = time.monotonic() + 300
+        while not store.get(job).status.is_final and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert store.get(job).status is JobStatus.COMPLETED
+        every_line_once(own, job, len(rows), tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
