@@ -167,5 +167,6 @@ def vllm_server(settings: Settings) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need vLLM run last: the server may still be starting in the background."""
-    items.sort(key=lambda item: item.get_closest_marker("llm") is not None)
+    """Tests that need vLLM run last (the server may still be starting in the background), and the one that
+    restarts it runs very last."""
+    items.sort(key=lambda item: (item.get_closest_marker("llm") is not None, "vllm_stopped" in item.name))

@@ -166,3 +166,66 @@ def test_redis_restarted_mid_job_loses_nothing(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.llm
+def test_vllm_stopped_and_started_mid_job(
+    settings: Settings,
+    store: JobStore,
+    banking_model: Path,
+    vllm_server: str,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    """Items retry with backoff while vLLM is down; those out of retries keep the specialist's answer, marked."""
+    port = vllm_server.removesuffix("/v1").rsplit(":", 1)[-1]
+    pidfile = Path(os.environ.get("CASCADE_VLLM_HOME", Path.home() / ".cache" / "cascade")) / f"vllm-{port}.pid"
+    if not pidfile.exists():
+        pytest.fail(f"this test restarts the vLLM server it can find by {pidfile}; start it with vllm_serve.sh")
+    rows = banking_rows(500, start=1000)
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    start_worker(queues="specialist,llm", concurrency=1, CASCADE_LLM_MAX_RETRIES="6", CASCADE_LLM_TIMEOUT="20")
+    job = submit(settings, path, banking_model, "--threshold", "0.9")
+    deadline = time.monotonic() + 300
+    while not store.tier_stats(job).get("llm") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get(job).status is JobStatus.IN_PROGRESS
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    while _alive(pid):  # down for good before it is started again
+        time.sleep(0.5)
+    restart = subprocess.Popen(
+        ["bash", str(Path(__file__).resolve().parents[1] / "deploy" / "local" / "vllm_serve.sh")],
+        env={**os.environ, "CASCADE_VLLM_PORT": port},
+    )
+    try:
+        wait_for(store, job, timeout=1200)
+        view = store.get(job)
+        assert view.status is JobStatus.COMPLETED
+        results = every_line_once(settings, job, len(rows), tmp_path)
+        escalated = [r for r in results if r["route"] == "escalate"]
+        marked = [r for r in escalated if r["llm_error"]]
+        assert len(escalated) == view.counts.escalated
+        assert marked, "items sent while vLLM was down should run out of retries and be marked"
+        assert all(r["tier"] == "specialist" and r["label"] == r["specialist_label"] for r in marked)
+        assert {r["llm_error_kind"] for r in marked} <= {"connection", "timeout", "status_5xx"}
+    finally:
+        assert restart.wait(timeout=1200) == 0
+    assert _healthy(vllm_server)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    import httpx2
+
+    try:
+        return httpx2.get(url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
