@@ -107,6 +107,7 @@ return 1
 
 
 _ITEMS = TypeAdapter(list[Item])
+_Value = bytes | bytearray | memoryview[int] | str | int | float  # what redis-py's typing accepts in a mapping
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,7 @@ class JobStore:
         job_id = "batch_" + uuid.uuid4().hex
         now = time.time()
         key = JOB_PREFIX + job_id
-        fields: dict[
-            bytes | bytearray | memoryview[int] | str | int | float,
-            bytes | bytearray | memoryview[int] | str | int | float,
-        ] = {
+        fields: dict[_Value, _Value] = {
             "spec": spec.model_dump_json(),
             "status": JobStatus.VALIDATING.value,
             "created_at": repr(now),
