@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from pydantic import TypeAdapter
@@ -107,7 +107,8 @@ return 1
 
 
 _ITEMS = TypeAdapter(list[Item])
-_Value = bytes | bytearray | memoryview[int] | str | int | float  # what redis-py's typing accepts in a mapping
+if TYPE_CHECKING:
+    _Value = bytes | bytearray | memoryview[int] | str | int | float  # what redis-py's typing accepts in a mapping
 
 
 @dataclass(frozen=True)
