@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
@@ -26,6 +27,7 @@ from broker.jobs import JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
 from broker.submit import build_spec, submit_file
+from monitoring.exporter import JobsCollector
 
 API_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata", "started_at")
 
@@ -49,6 +51,7 @@ class Context:
     owners: dict[str, str]
     store: JobStore
     files: FileStore
+    registry: CollectorRegistry
 
     def owned_job(self, job_id: str, owner: str) -> None:
         (found,) = self.store.fields(job_id, "owner")
@@ -82,6 +85,7 @@ def _caller(
 Ctx = Annotated[Context, Depends(_context)]
 Owner = Annotated[str, Depends(_caller)]
 router = APIRouter(prefix="/v1")
+metrics_router = APIRouter()
 
 
 @router.post("/files")
@@ -177,6 +181,12 @@ def cancel_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
     return ctx.view(batch_id)
 
 
+@metrics_router.get("/metrics", include_in_schema=False)
+def metrics(ctx: Ctx) -> Response:
+    """Prometheus: jobs by status and queue lengths (from Redis), and this process's own metrics."""
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 async def _not_found(_: Request, e: Exception) -> JSONResponse:
     return _error(404, str(e), "invalid_request_error")
 
@@ -194,10 +204,15 @@ def create_app(settings: Settings) -> FastAPI:
     store = JobStore.from_url(settings.redis_url, settings.job_ttl)
     configure(celery_app, settings)
     api = FastAPI(title="Cascade Batch API", version="1", description=__doc__)
-    api.state.cascade = Context(settings, owners, store, FileStore(store.redis, settings.files_dir, settings.job_ttl))
+    registry = CollectorRegistry()
+    registry.register(JobsCollector(store))
+    registry.register(PROCESS_COLLECTOR)
+    files = FileStore(store.redis, settings.files_dir, settings.job_ttl)
+    api.state.cascade = Context(settings, owners, store, files, registry)
     api.add_exception_handler(NotFoundError, _not_found)
     api.add_exception_handler(CascadeError, _bad_request)
     api.include_router(router)
+    api.include_router(metrics_router)
     return api
 
 

@@ -151,3 +151,17 @@ def test_fuzzing_the_api_from_its_openapi_document_finds_no_server_error(api_url
     )
     assert run.returncode == 0, run.stdout[-3000:]
     assert "passed" in run.stdout
+
+
+def test_api_serves_metrics_for_prometheus(api_url: str, tmp_path: Path) -> None:
+    a = openai.OpenAI(base_url=api_url, api_key="tok-a")
+    with write_jsonl(tmp_path / "one.jsonl", [{"custom_id": "x", "text": "hello"}]).open("rb") as f:
+        uploaded = a.files.create(file=f, purpose="batch")
+    a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    text = httpx2.get(api_url.removesuffix("/v1") + "/metrics", timeout=5).text
+    jobs = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith("cascade_jobs{")
+    }
+    assert sum(jobs.values()) == 1  # the one batch, whatever its status now
+    assert 'cascade_queue_length{queue="specialist"}' in text
+    assert "process_resident_memory_bytes" in text
