@@ -5,9 +5,11 @@ vLLM: the server at ``CASCADE_LLM_URL`` when it answers, else started once per s
 ``deploy/local/vllm_serve.sh`` (and stopped at the end if this session started it).
 """
 
+import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +77,19 @@ def sms_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def banking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("banking_model"), dataset("banking77") / "train.csv")
+
+
+def banking_rows(n: int, start: int = 0, prefix: str = "b77-") -> list[dict[str, object] | str]:
+    """Banking77 test items ``start`` to ``start + n`` as input lines with their gold labels."""
+    with (dataset("banking77") / "test.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[start : start + n]
+    return [{"custom_id": f"{prefix}{start + i}", "text": r["text"], "label": r["label"]} for i, r in enumerate(rows)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_jsonl(path: Path, rows: list[dict[str, object] | str]) -> Path:

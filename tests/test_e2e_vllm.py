@@ -1,7 +1,6 @@
 """End to end against the real vLLM CPU server (SmolLM2-135M-Instruct): no fake LLM here."""
 
 import asyncio
-import csv
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from broker.jobs import JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
-from tests.conftest import WorkerFactory, dataset, wait_for, write_jsonl
+from tests.conftest import WorkerFactory, banking_rows, wait_for, write_jsonl
 from tests.test_queue_integration import export, submit
 from workers import specialist
 from workers.llm import LLMClient
@@ -18,12 +17,6 @@ from workers.pipeline import run_llm_chunk, run_specialist_chunk
 pytestmark = pytest.mark.llm
 
 N_ITEMS = 800
-
-
-def banking_rows(n: int) -> list[dict[str, object] | str]:
-    with (dataset("banking77") / "test.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))[:n]
-    return [{"custom_id": f"b77-{i}", "text": r["text"], "label": r["label"]} for i, r in enumerate(rows)]
 
 
 def test_banking77_job_escalates_unsure_items_to_the_llm(

@@ -14,15 +14,18 @@ import redis
 from broker.jobs import JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
-from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
-from tests.monitoring.test_prometheus_e2e import free_port
+from tests.conftest import (
+    CASCADE,
+    WorkerFactory,
+    _env,
+    _llm_healthy,
+    banking_rows,
+    dataset,
+    free_port,
+    wait_for,
+    write_jsonl,
+)
 from tests.test_queue_integration import export, submit
-
-
-def banking_rows(n: int, start: int = 0) -> list[dict[str, object] | str]:
-    with (dataset("banking77") / "test.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))[start : start + n]
-    return [{"custom_id": f"k{start + i}", "text": r["text"], "label": r["label"]} for i, r in enumerate(rows)]
 
 
 def every_line_once(settings: Settings, job: str, n_lines: int, tmp_path: Path) -> list[dict[str, object]]:
@@ -44,7 +47,7 @@ def test_worker_killed_mid_chunk_another_finishes(
     start_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
-    rows = banking_rows(600)
+    rows = banking_rows(600, prefix="k")
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     short = {"CASCADE_VISIBILITY_TIMEOUT": "10"}  # redeliver unacknowledged tasks quickly
     first = start_worker(queues="specialist,llm", concurrency=1, **short)
@@ -182,7 +185,7 @@ def test_vllm_stopped_and_started_mid_job(
     pidfile = Path(os.environ.get("CASCADE_VLLM_HOME", Path.home() / ".cache" / "cascade")) / f"vllm-{port}.pid"
     if not pidfile.exists():
         pytest.fail(f"this test restarts the vLLM server it can find by {pidfile}; start it with vllm_serve.sh")
-    rows = banking_rows(500, start=1000)
+    rows = banking_rows(500, start=1000, prefix="k")
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     start_worker(queues="specialist,llm", concurrency=1, CASCADE_LLM_MAX_RETRIES="6", CASCADE_LLM_TIMEOUT="20")
     job = submit(settings, path, banking_model, "--threshold", "0.9")
@@ -211,7 +214,7 @@ def test_vllm_stopped_and_started_mid_job(
         assert {r["llm_error_kind"] for r in marked} <= {"connection", "timeout", "status_5xx"}
     finally:
         assert restart.wait(timeout=1200) == 0
-    assert _healthy(vllm_server)
+    assert _llm_healthy(vllm_server)
 
 
 def _alive(pid: int) -> bool:
@@ -220,12 +223,3 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _healthy(url: str) -> bool:
-    import httpx2
-
-    try:
-        return httpx2.get(url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
-    except httpx2.HTTPError:
-        return False

@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,15 +14,9 @@ import openai
 import pytest
 
 from broker.settings import Settings
-from tests.conftest import CASCADE, WorkerFactory, _env, dataset, write_jsonl
+from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, write_jsonl
 
 TOKENS = "tok-a=team-a,tok-b=team-b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

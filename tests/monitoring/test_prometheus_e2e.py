@@ -3,7 +3,6 @@
 import csv
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,17 +14,11 @@ import pytest
 from broker.jobs import JobStatus
 from broker.settings import Settings
 from broker.store import JobStore
-from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
+from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, wait_for, write_jsonl
 from tests.test_queue_integration import export, submit
 
 pytestmark = pytest.mark.llm
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "cascade.rules.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
