@@ -15,6 +15,10 @@ model_dir="$home/models/SmolLM2-135M-Instruct"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 
+# Standard output carries only the two lines below, for `eval`: everything else goes to standard error
+# (a tool that prints to standard output, like the model conversion, would otherwise be evaluated).
+exec 3>&1 1>&2
+
 mkdir -p "$home"
 if [ ! -f "$venv/.cascade-ready" ]; then
   echo "[vllm_env] creating $venv (about 4 minutes, 3.5 GB)" >&2
@@ -40,5 +44,5 @@ if [ ! -f "$model_dir/.cascade-ready" ]; then
   touch "$model_dir/.cascade-ready"
 fi
 
-echo "VLLM_PYTHON=$venv/bin/python"
-echo "VLLM_MODEL_DIR=$model_dir"
+echo "VLLM_PYTHON=$venv/bin/python" >&3
+echo "VLLM_MODEL_DIR=$model_dir" >&3
