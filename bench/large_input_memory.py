@@ -95,7 +95,7 @@ def run(n: int, model_dir: Path) -> tuple[float, float, float]:
             metadata={"cascade_threshold": "0"},
         )
         worker_peak = 0.0
-        while batch.status not in {"completed", "failed", "cancelled"}:
+        while batch.status not in {"completed", "failed", "cancelled", "expired"}:
             time.sleep(1)
             worker_peak = max([worker_peak, *(peak_mib(p) for p in [worker.pid, *children(worker.pid)])])
             batch = client.batches.retrieve(batch.id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, PROCESS_COLLECTOR, CollectorRegistry, generate_latest
@@ -19,17 +19,26 @@ from pydantic import BaseModel
 
 from broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
 from broker.celery_app import app as celery_app
-from broker.celery_app import configure, send_specialist_chunk
+from broker.celery_app import configure, send_intake, send_sweep
 from broker.exceptions import CascadeError, InputError, NotFoundError, SettingsError
 from broker.files import FileObject, FileStore
 from broker.intake import ENDPOINT
-from broker.jobs import JobStatus
+from broker.lifecycle import cancel, expire_if_due, parse_window
 from broker.settings import Settings
 from broker.store import JobStore
-from broker.submit import build_spec, submit_file
+from broker.submit import build_spec
 from monitoring.exporter import JobsCollector
 
-API_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata", "started_at")
+API_FIELDS = (
+    "input_file_id",
+    "endpoint",
+    "completion_window",
+    "metadata",
+    "started_at",
+    "expires_at",
+    "cancelling_at",
+    "finalizing_at",
+)
 
 
 class CreateBatch(BaseModel):
@@ -59,8 +68,13 @@ class Context:
             raise NotFoundError(f"no batch {job_id!r}")
 
     def view(self, job_id: str) -> Batch:
+        expire_if_due(self.store, self.sweep, job_id)  # a job past its window ends when next looked at
         values = self.store.fields(job_id, *API_FIELDS)
         return batch_view(self.store.get(job_id), dict(zip(API_FIELDS, values, strict=True)))
+
+    @staticmethod
+    def sweep(job_id: str) -> None:
+        send_sweep(celery_app, job_id)
 
 
 def _context(request: Request) -> Context:
@@ -120,9 +134,11 @@ def file_content(ctx: Ctx, owner: Owner, file_id: str) -> FileResponse | Streami
 
 
 @router.post("/batches")
-def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch, background: BackgroundTasks) -> Batch:
+def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch) -> Batch:
+    """The batch is created validating; a specialist worker reads its input file (the intake task)."""
     if body.endpoint != ENDPOINT:
         raise InputError(f"endpoint must be {ENDPOINT}, not {body.endpoint!r}")
+    window = parse_window(body.completion_window, ctx.settings.job_ttl)
     ctx.files.get(body.input_file_id, owner)
     metadata = body.metadata or {}
     settings = ctx.settings
@@ -142,16 +158,8 @@ def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch, background: Backgrou
         "completion_window": body.completion_window,
         "metadata": json.dumps(metadata),
     }
-    job_id = ctx.store.create(spec, owner=owner, extra=extra)
-    background.add_task(
-        submit_file,
-        ctx.store,
-        lambda job, index: send_specialist_chunk(celery_app, job, index),
-        settings,
-        ctx.files.path(body.input_file_id),
-        spec,
-        job_id,
-    )
+    job_id = ctx.store.create(spec, owner=owner, extra=extra, window=window)
+    send_intake(celery_app, job_id, body.input_file_id)
     return ctx.view(job_id)
 
 
@@ -177,7 +185,7 @@ def list_batches(ctx: Ctx, owner: Owner, limit: int = 20, after: str | None = No
 @router.post("/batches/{batch_id}/cancel")
 def cancel_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
     ctx.owned_job(batch_id, owner)
-    ctx.store.end(batch_id, JobStatus.CANCELLED)
+    cancel(ctx.store, ctx.sweep, batch_id)
     return ctx.view(batch_id)
 
 
@@ -185,6 +193,13 @@ def cancel_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
 def metrics(ctx: Ctx) -> Response:
     """Prometheus: jobs by status and queue lengths (from Redis), and this process's own metrics."""
     return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@metrics_router.get("/health", include_in_schema=False)
+def health(ctx: Ctx) -> dict[str, str]:
+    """Readiness (Kubernetes' probe, deploy/): ok once Redis answers; an error status while it does not."""
+    ctx.store.redis.ping()
+    return {"status": "ok"}
 
 
 async def _not_found(_: Request, e: Exception) -> JSONResponse:

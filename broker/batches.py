@@ -41,11 +41,17 @@ class Batch(BaseModel):
     metadata: dict[str, str] | None = None
 
 
+def _stamp(value: str | None) -> int | None:
+    return int(float(value)) if value else None
+
+
 def batch_view(job: JobView, extra: dict[str, str | None]) -> Batch:
-    """``extra``: the job's API fields (input_file_id, endpoint, completion_window, metadata, started_at)."""
+    """``extra``: the job's API fields (input_file_id, endpoint, completion_window, metadata, and the timestamps
+    started_at, expires_at, cancelling_at, finalizing_at)."""
     ended = int(job.finished_at) if job.finished_at else None
     status = job.status
     c = job.counts
+    with_output = {JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED}
     return Batch(
         id=job.id,
         endpoint=extra.get("endpoint") or "/v1/chat/completions",
@@ -53,13 +59,16 @@ def batch_view(job: JobView, extra: dict[str, str | None]) -> Batch:
         input_file_id=extra.get("input_file_id") or "",
         completion_window=extra.get("completion_window") or "24h",
         status=status.value,
-        output_file_id=OUTPUT_PREFIX + job.id if status in {JobStatus.COMPLETED, JobStatus.CANCELLED} else None,
+        output_file_id=OUTPUT_PREFIX + job.id if status in with_output and c.completed else None,
         error_file_id=ERRORS_PREFIX + job.id if status.is_final and c.failed else None,
         created_at=int(job.created_at),
-        in_progress_at=int(float(started)) if (started := extra.get("started_at")) else None,
-        expires_at=int(job.created_at) + 24 * 3600,
+        in_progress_at=_stamp(extra.get("started_at")),
+        expires_at=_stamp(extra.get("expires_at")),
+        finalizing_at=_stamp(extra.get("finalizing_at")),
         completed_at=ended if status is JobStatus.COMPLETED else None,
         failed_at=ended if status is JobStatus.FAILED else None,
+        expired_at=ended if status is JobStatus.EXPIRED else None,
+        cancelling_at=_stamp(extra.get("cancelling_at")),
         cancelled_at=ended if status is JobStatus.CANCELLED else None,
         request_counts=RequestCounts(total=c.total or 0, completed=c.completed, failed=c.failed),
         metadata=json.loads(meta) if (meta := extra.get("metadata")) else None,

@@ -21,8 +21,12 @@ class QueueName(str, Enum):
 
 
 class TaskName(str, Enum):
+    INTAKE = "cascade.intake_file"
+    """Reads an uploaded file (the API's batches) into a job's chunks; on the specialist queue."""
     SPECIALIST = "cascade.specialist_chunk"
     LLM = "cascade.llm_chunk"
+    SWEEP = "cascade.sweep_job"
+    """Ends a cancelled or expired job; on the specialist queue."""
 
 
 class CascadeCelery(Celery):  # type: ignore[misc]
@@ -49,15 +53,23 @@ def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for overdue unacknowledged tasks every 10 s but, by default, scans Redis only on every
+            # 10th look: a dead worker's task would wait up to ~100 s past its visibility timeout. One ZRANGE per
+            # worker every 10 s is cheap.
+            "unacked_restore_throttle": 1,
+        },
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
         task_queues=[_queue(q) for q in QueueName],
         task_default_queue=QueueName.SPECIALIST.value,
         task_routes={
+            TaskName.INTAKE.value: {"queue": QueueName.SPECIALIST.value},
             TaskName.SPECIALIST.value: {"queue": QueueName.SPECIALIST.value},
             TaskName.LLM.value: {"queue": QueueName.LLM.value},
+            TaskName.SWEEP.value: {"queue": QueueName.SPECIALIST.value},
         },
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -72,6 +84,14 @@ def send_specialist_chunk(celery: Celery, job_id: str, index: int) -> None:
         kwargs={"sent_at": time.time()},
         queue=QueueName.SPECIALIST.value,
     )
+
+
+def send_intake(celery: Celery, job_id: str, file_id: str) -> None:
+    celery.send_task(TaskName.INTAKE.value, args=[job_id, file_id], queue=QueueName.SPECIALIST.value)
+
+
+def send_sweep(celery: Celery, job_id: str) -> None:
+    celery.send_task(TaskName.SWEEP.value, args=[job_id], queue=QueueName.SPECIALIST.value)
 
 
 def send_llm_chunk(celery: Celery, job_id: str, escalations: list[dict[str, object]]) -> None:

@@ -25,7 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from broker.celery_app import QueueName, app, configure, send_specialist_chunk
+from broker import lifecycle
+from broker.celery_app import QueueName, app, configure, send_specialist_chunk, send_sweep
 from broker.exceptions import CascadeError, InputError, JobError
 from broker.jobs import JobSpec, JobStatus, OnLLMError
 from broker.settings import Settings
@@ -280,12 +281,14 @@ def errors(job_id: str, output: Annotated[Path | None, typer.Option("-o", "--out
 
 @cli.command()
 def cancel(job_id: str) -> None:
-    """Cancel a job: no new chunk starts; what is finished is kept."""
-    store = _store(Settings())
-    if store.end(job_id, JobStatus.CANCELLED):
-        out.print(f"{job_id} cancelled")
+    """Cancel a job: no new chunk starts; what is finished is kept; the rest goes to the errors (batch_cancelled)."""
+    settings = Settings()
+    store = _store(settings)
+    configure(app, settings)
+    if lifecycle.cancel(store, lambda job: send_sweep(app, job), job_id):
+        out.print(f"{job_id} cancelling: a worker writes what is not finished to the errors, then it is cancelled")
     else:
-        out.print(f"{job_id} had already ended: {store.status(job_id).value}")
+        out.print(f"{job_id} is not running: {store.status(job_id).value}")
 
 
 def _default_dataset() -> Path | None:

@@ -1,6 +1,7 @@
 """Input validation: each JSONL line becomes an ``Item`` or an ``ItemError`` naming its line and field.
 
-Pure: no Redis, no Celery. ``Intake`` remembers the ``custom_id``s it has seen, to refuse duplicates.
+Pure: no Redis, no Celery. Duplicate ``custom_id``s are found by the job store (``JobStore.claim_ids``), so that
+the memory of reading a file does not grow with its length; ``duplicate`` makes their error.
 """
 
 import json
@@ -25,7 +26,6 @@ class Intake:
 
     def __init__(self, max_text_chars: int) -> None:
         self.max_text_chars = max_text_chars
-        self.seen: set[str] = set()
 
     def parse(self, line_no: int, raw: bytes) -> Item | ItemError:
         try:
@@ -57,11 +57,6 @@ class Intake:
         if problem is not None:
             code, message = problem
             return _error(line_no, custom_id, code, f"line {line_no}: {message}")
-        if custom_id in self.seen:
-            return _error(
-                line_no, custom_id, ErrorCode.DUPLICATE_ID, f"line {line_no}: duplicate custom_id {custom_id!r}"
-            )
-        self.seen.add(custom_id)
         return Item(custom_id=custom_id, text=obj["text"], line=line_no, label=obj.get("label"))
 
 
@@ -102,6 +97,12 @@ def _check_label(label: object) -> tuple[ErrorCode, str] | None:
     if label is not None and not isinstance(label, str):
         return ErrorCode.INVALID_FIELD, "field 'label' must be a string when given"
     return None
+
+
+def duplicate(item: Item) -> ItemError:
+    """The error of a valid line whose ``custom_id`` an earlier line already has."""
+    message = f"line {item.line}: duplicate custom_id {item.custom_id!r}"
+    return _error(item.line, item.custom_id, ErrorCode.DUPLICATE_ID, message)
 
 
 def _error(line_no: int, custom_id: str | None, code: ErrorCode, message: str) -> ItemError:

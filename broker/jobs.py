@@ -8,16 +8,36 @@ from workers.policy import Policy, Route
 
 
 class JobStatus(str, Enum):
+    """OpenAI's batch statuses. A job runs ``validating`` (its input is read) → ``in_progress`` → ``completed``;
+    or ends early: ``failed`` (no valid line), ``cancelling`` → ``cancelled``, or ``finalizing`` → ``expired``
+    (its completion window passed). While cancelling or finalizing, the items that have no record yet are written
+    to the error file (``batch_cancelled``, ``batch_expired``), so that every line still ends in exactly one place.
+    """
+
     VALIDATING = "validating"
     IN_PROGRESS = "in_progress"
     FINALIZING = "finalizing"
     COMPLETED = "completed"
     FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
     CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        return self in {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+        return self in {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+
+    @property
+    def accepts_work(self) -> bool:
+        """Chunks of the job may still start (the input is read and chunks run while validating)."""
+        return self in {JobStatus.VALIDATING, JobStatus.IN_PROGRESS}
+
+
+class EndCode(str, Enum):
+    """Error codes of the items a job's early end left without a record."""
+
+    CANCELLED = "batch_cancelled"
+    EXPIRED = "batch_expired"
 
 
 class Tier(str, Enum):

@@ -27,6 +27,7 @@ ERRORS_SUFFIX = ":errors"  # hash: custom_id -> ItemError JSON, for valid items 
 INVALID_SUFFIX = ":invalid"  # hash: line number -> ItemError JSON, for lines refused at intake
 ESCALATED_SUFFIX = ":escalated"  # set: custom_ids sent to the LLM for its answer
 EXPLORED_SUFFIX = ":explored"  # set: custom_ids sent to the LLM to measure it (the specialist's answer stays)
+IDS_SUFFIX = ":ids"  # hash: custom_id -> line number of its first valid line, to refuse duplicates, until it ends
 
 # KEYS: job, results, errors. ARGV[1]: a JSON list of [kind 'r'|'e', custom_id, tier, correct 1|0|-1,
 # llm_error 1|0, record JSON, specialist's answer correct 1|0|-1, route]. Writes a record only for an item that has
@@ -64,10 +65,10 @@ end
 return added
 """
 
-# KEYS: job, results, errors, invalid. ARGV: now. Ends a job whose every line has its record.
+# KEYS: job, results, errors, invalid. ARGV: now. Completes a running job whose every line has its record.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'in_progress' and status ~= 'finalizing' then return 0 end
+if status ~= 'in_progress' then return 0 end
 local total = redis.call('HGET', KEYS[1], 'total')
 if not total then return 0 end
 local done = redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) + redis.call('HLEN', KEYS[4])
@@ -100,9 +101,41 @@ return taken
 _END = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'expired' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 return 1
+"""
+
+# KEYS: job. ARGV: total lines, chunks, now. The intake has read the whole input. Returns 'started' (the job
+# runs), 'empty' (no valid line), 'sweep' (the job was asked to end while its input was read: its sweep is due
+# now) or 'ended'.
+_INTAKE_DONE = """
+redis.call('HSET', KEYS[1], 'total', ARGV[1], 'chunks', ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'validating' then
+  if tonumber(ARGV[2]) == 0 then return 'empty' end
+  redis.call('HSET', KEYS[1], 'status', 'in_progress')
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+  return 'started'
+end
+if status == 'cancelling' or status == 'finalizing' then return 'sweep' end
+return 'ended'
+"""
+
+# KEYS: job. ARGV: interim status (cancelling, finalizing), final status (cancelled, expired), now, 1 to act only
+# when the job's expires_at has passed. Asks a running job to end early. Returns 'sweep' (its input is read: sweep
+# now), 'later' (the intake will ask for the sweep when it has read the input) or 'no' (nothing to do).
+_REQUEST_END = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'validating' and status ~= 'in_progress' then return 'no' end
+if ARGV[4] == '1' then
+  local expires = redis.call('HGET', KEYS[1], 'expires_at')
+  if not expires or tonumber(expires) > tonumber(ARGV[3]) then return 'no' end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ending', ARGV[2], ARGV[1] .. '_at', ARGV[3])
+if redis.call('HEXISTS', KEYS[1], 'total') == 1 then return 'sweep' end
+return 'later'
 """
 
 
@@ -145,6 +178,8 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
         self._reserve = client.register_script(_RESERVE)
+        self._intake_done = client.register_script(_INTAKE_DONE)
+        self._request_end = client.register_script(_REQUEST_END)
 
     @classmethod
     def from_url(cls, url: str, job_ttl: int) -> "JobStore":
@@ -152,8 +187,11 @@ class JobStore:
 
     # --- jobs ---------------------------------------------------------------------------------------------
 
-    def create(self, spec: JobSpec, owner: str = "", extra: dict[str, str] | None = None) -> str:
-        """A new job, validating. ``owner`` scopes who may see it (the API's caller); ``extra`` is kept as is."""
+    def create(
+        self, spec: JobSpec, owner: str = "", extra: dict[str, str] | None = None, window: float | None = None
+    ) -> str:
+        """A new job, validating. ``owner`` scopes who may see it (the API's caller); ``extra`` is kept as is;
+        ``window``: seconds after which the job expires if it has not ended (its completion window)."""
         job_id = "batch_" + uuid.uuid4().hex
         now = time.time()
         key = JOB_PREFIX + job_id
@@ -163,6 +201,8 @@ class JobStore:
             "created_at": repr(now),
             "owner": owner,
         }
+        if window is not None:
+            fields["expires_at"] = repr(now + window)
         fields.update(extra or {})
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=fields)
@@ -305,22 +345,57 @@ class JobStore:
             pipe.expire(key, self.job_ttl)
             pipe.execute()
 
-    def finish_intake(self, job_id: str, total: int, chunks: int) -> None:
-        """Record how many lines the job has; a job with no valid line fails here."""
-        key = JOB_PREFIX + job_id
-        self.redis.hset(key, mapping={"total": total, "chunks": chunks})
-        if chunks == 0:
+    def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
+        """For each item, whether its ``custom_id`` is its own (first seen on this line) or a duplicate. Kept in
+        Redis, not in the reading process's memory; reading the same input again gives the same answers."""
+        if not items:
+            return []
+        key = JOB_PREFIX + job_id + IDS_SUFFIX
+        with self.redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.hsetnx(key, item.custom_id, item.line)
+            pipe.expire(key, self.job_ttl)
+            pipe.hmget(key, [item.custom_id for item in items])
+            lines = pipe.execute()[-1]
+        return [str(line) == str(item.line) for item, line in zip(items, lines, strict=True)]
+
+    def chunks_sent(self, job_id: str) -> int:
+        """How many chunks the intake has already stored and enqueued (an intake that runs again skips them)."""
+        return int(self.redis.hget(JOB_PREFIX + job_id, "chunks_sent") or 0)
+
+    def chunk_sent(self, job_id: str, index: int) -> None:
+        self.redis.hset(JOB_PREFIX + job_id, "chunks_sent", index + 1)
+
+    def finish_intake(self, job_id: str, total: int, chunks: int) -> bool:
+        """Record how many lines the job has; a job with no valid line fails here. True when the job was asked to
+        end while its input was read, and its sweep is now due."""
+        outcome = str(self._intake_done(keys=[JOB_PREFIX + job_id], args=[total, chunks, repr(time.time())]))
+        if outcome == "empty":
             self.end(job_id, JobStatus.FAILED, error="the input has no valid line")
-            return
-        self.redis.hsetnx(key, "started_at", repr(time.time()))
-        # Only a job still validating moves on: a cancelled one stays cancelled.
-        with self.redis.pipeline() as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            if pipe.hget(key, "status") == JobStatus.VALIDATING.value:
-                pipe.multi()
-                pipe.hset(key, "status", JobStatus.IN_PROGRESS.value)
-                pipe.execute()
-        self.try_finish(job_id)
+        elif outcome == "started":
+            self.try_finish(job_id)
+        return outcome == "sweep"
+
+    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False) -> bool:
+        """Ask a running job to end early: cancelled (through cancelling) or expired (through finalizing), and
+        with ``only_if_due`` only if its completion window has passed. True when its sweep is due now; else
+        nothing was to be done or the intake will ask for the sweep when the input is read."""
+        interim = {JobStatus.CANCELLED: JobStatus.CANCELLING, JobStatus.EXPIRED: JobStatus.FINALIZING}[final]
+        args = [interim.value, final.value, repr(time.time()), int(only_if_due)]
+        outcome = str(self._request_end(keys=[JOB_PREFIX + job_id], args=args))
+        if outcome == "missing":
+            raise NotFoundError(f"no job {job_id!r}")
+        return outcome == "sweep"
+
+    def ending(self, job_id: str) -> JobStatus | None:
+        """The final status a job that is ending early is headed for; None for a job that is not ending."""
+        status, ending = self.redis.hmget(JOB_PREFIX + job_id, ["status", "ending"])
+        if status not in {JobStatus.CANCELLING.value, JobStatus.FINALIZING.value} or ending is None:
+            return None
+        return JobStatus(str(ending))
+
+    def chunk_count(self, job_id: str) -> int:
+        return int(self.redis.hget(JOB_PREFIX + job_id, "chunks") or 0)
 
     # --- records ------------------------------------------------------------------------------------------
 
@@ -398,7 +473,7 @@ class JobStore:
         return True
 
     def end(self, job_id: str, status: JobStatus, error: str | None = None) -> bool:
-        """Move a job to a final status (failed, cancelled); False when it had already ended."""
+        """Move a job to a final status (failed, cancelled, expired); False when it had already ended."""
         key = JOB_PREFIX + job_id
         changed = cast(int, self._end(keys=[key], args=[status.value, repr(time.time())]))
         if changed == -1:
@@ -412,8 +487,7 @@ class JobStore:
     def _drop_chunks(self, job_id: str) -> None:
         key = JOB_PREFIX + job_id
         chunks = int(self.redis.hget(key, "chunks") or 0)
-        if chunks:
-            self.redis.delete(*(key + CHUNK_SUFFIX + str(i) for i in range(chunks)))
+        self.redis.delete(key + IDS_SUFFIX, *(key + CHUNK_SUFFIX + str(i) for i in range(chunks)))
 
     # --- export -------------------------------------------------------------------------------------------
 

@@ -1,54 +1,101 @@
 """Submission: stream an input file into a job, chunk by chunk, and enqueue each chunk as it is stored."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from broker.exceptions import InputError
-from broker.intake import Intake
+from broker.intake import Intake, duplicate
 from broker.jobs import Item, ItemError, JobSpec, OnLLMError
 from broker.settings import Settings
 from broker.store import JobStore
 
 Enqueue = Callable[[str, int], None]
 """Sends chunk ``index`` of job ``job_id`` to the specialist queue."""
+Sweep = Callable[[str], None]
+"""Sends the sweep of a job that is ending early (cancelled or expired while its input was read)."""
+
+
+def parse_file(path: Path, intake: Intake) -> Iterator[Item | ItemError]:
+    """Every non-blank line of a JSONL file, as an item or the error that refuses it."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield intake.parse(line_no, raw.rstrip(b"\r\n"))
+
+
+class _Chunker:
+    """Writes a job's chunks and refused lines as they come, and enqueues each chunk once."""
+
+    def __init__(self, store: JobStore, enqueue: Enqueue, job_id: str) -> None:
+        self.store, self.enqueue, self.job_id = store, enqueue, job_id
+        self.sent = store.chunks_sent(job_id)  # an intake that runs again skips these
+        self.chunks = 0
+        self.refused: list[ItemError] = []
+
+    def refuse(self, error: ItemError) -> None:
+        self.refused.append(error)
+        if len(self.refused) >= 1000:
+            self.flush_refused()
+
+    def flush_refused(self) -> None:
+        self.store.put_invalid(self.job_id, self.refused)
+        self.refused = []
+
+    def add(self, items: list[Item]) -> None:
+        owns = self.store.claim_ids(self.job_id, items)
+        for item, own in zip(items, owns, strict=True):
+            if not own:
+                self.refuse(duplicate(item))
+        kept = [item for item, own in zip(items, owns, strict=True) if own]
+        if not kept:
+            return
+        if self.chunks >= self.sent:
+            self.store.put_chunk(self.job_id, self.chunks, kept)
+            # A job asked to end meanwhile gets its chunks stored (its sweep reads them) but not enqueued.
+            if self.store.status(self.job_id).accepts_work:
+                self.enqueue(self.job_id, self.chunks)
+            self.store.chunk_sent(self.job_id, self.chunks)
+        self.chunks += 1
 
 
 def submit_file(
-    store: JobStore, enqueue: Enqueue, settings: Settings, path: str | Path, spec: JobSpec, job_id: str | None = None
+    store: JobStore,
+    enqueue: Enqueue,
+    settings: Settings,
+    path: str | Path,
+    spec: JobSpec,
+    job_id: str | None = None,
+    sweep: Sweep | None = None,
 ) -> str:
     """Create a job from a JSONL file (or fill ``job_id``, created already); refused lines go to the job's errors
-    with their line number."""
+    with their line number.
+
+    Reading the same file into the same job again (a worker died during intake) writes the same chunks and
+    records, and skips the chunks already enqueued. A job asked to end while its input is read enqueues no more
+    chunks, and its sweep is sent when the whole input is stored."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    job_id = job_id or store.create(spec)
-    intake = Intake(settings.max_text_chars)
+    if job_id is None:
+        job_id = store.create(spec)
+    elif store.status(job_id).is_final:  # an intake delivered again after its job ended
+        return job_id
+    chunker = _Chunker(store, enqueue, job_id)
     chunk: list[Item] = []
-    refused: list[ItemError] = []
-    total = chunks = 0
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            total += 1
-            parsed = intake.parse(line_no, raw.rstrip(b"\r\n"))
-            if isinstance(parsed, ItemError):
-                refused.append(parsed)
-                if len(refused) >= 1000:
-                    store.put_invalid(job_id, refused)
-                    refused = []
-                continue
-            chunk.append(parsed)
-            if len(chunk) >= settings.chunk_size:
-                store.put_chunk(job_id, chunks, chunk)
-                enqueue(job_id, chunks)
-                chunks, chunk = chunks + 1, []
-    if chunk:
-        store.put_chunk(job_id, chunks, chunk)
-        enqueue(job_id, chunks)
-        chunks += 1
-    store.put_invalid(job_id, refused)
-    store.finish_intake(job_id, total, chunks)
+    total = 0
+    for parsed in parse_file(path, Intake(settings.max_text_chars)):
+        total += 1
+        if isinstance(parsed, ItemError):
+            chunker.refuse(parsed)
+            continue
+        chunk.append(parsed)
+        if len(chunk) >= settings.chunk_size:
+            chunker.add(chunk)
+            chunk = []
+    chunker.add(chunk)
+    chunker.flush_refused()
+    if store.finish_intake(job_id, total, chunker.chunks) and sweep is not None:
+        sweep(job_id)
     return job_id
 
 

@@ -37,10 +37,11 @@ def _check_test_db(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     _check_test_db(TEST_REDIS_URL)
     llm_url = os.environ.get("CASCADE_LLM_URL", "http://127.0.0.1:8000/v1")
-    return Settings(redis_url=TEST_REDIS_URL, llm_url=llm_url, chunk_size=300)
+    files = tmp_path_factory.mktemp("files")  # the API's uploads, read by the workers' intake tasks
+    return Settings(redis_url=TEST_REDIS_URL, llm_url=llm_url, chunk_size=300, files_dir=str(files))
 
 
 @pytest.fixture
@@ -106,6 +107,7 @@ def _env(settings: Settings) -> dict[str, str]:
             "CASCADE_REDIS_URL": settings.redis_url,
             "CASCADE_LLM_URL": settings.llm_url,
             "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
+            "CASCADE_FILES_DIR": settings.files_dir,
             "CASCADE_METRICS_PORT": "0",  # a test that scrapes a worker gives it a port of its own
         }
     )

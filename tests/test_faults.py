@@ -28,6 +28,13 @@ from tests.conftest import (
 from tests.test_queue_integration import export, submit
 
 
+def sms_copies(prefix: str, copies: int) -> list[dict[str, object] | str]:
+    """SMS Spam's messages, ``copies`` times over, as input lines with unique custom_ids."""
+    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
+        base = list(csv.DictReader(f))
+    return [{"custom_id": f"{prefix}{r['id']}-{k}", "text": r["text"]} for k in range(copies) for r in base]
+
+
 def every_line_once(settings: Settings, job: str, n_lines: int, tmp_path: Path) -> list[dict[str, object]]:
     results = export(settings, "results", job, tmp_path)
     errors = export(settings, "errors", job, tmp_path)
@@ -73,11 +80,7 @@ def test_worker_killed_mid_chunk_another_finishes(
 def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
     settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
-        base = list(csv.DictReader(f))
-    rows: list[dict[str, object] | str] = [
-        {"custom_id": f"s{r['id']}-{k}", "text": r["text"]} for k in range(4) for r in base
-    ]
+    rows = sms_copies("s", 4)
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     job = submit(settings, path, sms_model, "--threshold", "0")  # queued: no worker yet
     start_worker(queues="specialist", concurrency=1)
@@ -92,15 +95,46 @@ def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
         check=True,
         timeout=60,
     )
-    assert "cancelled" in out.stdout
+    assert "cancelling" in out.stdout
     kept = store.get(job).counts.completed
-    time.sleep(3)  # queued chunks are drained without work
-    view = store.get(job)
+    view = store.wait(job, timeout=60)  # the worker drains the queued chunks without work, then sweeps the job
     assert view.status is JobStatus.CANCELLED
     assert 0 < view.counts.completed < len(rows)
     assert view.counts.completed - kept <= settings.chunk_size  # at most the chunk in flight landed after
-    results = export(settings, "results", job, tmp_path)
-    assert len({r["custom_id"] for r in results}) == len(results) == view.counts.completed
+    results = every_line_once(settings, job, len(rows), tmp_path)
+    assert len(results) == view.counts.completed
+    errors = export(settings, "errors", job, tmp_path)
+    assert {e["code"] for e in errors} == {"batch_cancelled"}
+
+
+def test_worker_killed_during_intake_another_reads_the_file_once(
+    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """The API's intake task: its worker SIGKILLed while reading a large file; the task is delivered again."""
+    from broker.celery_app import app, configure, send_intake
+    from broker.submit import build_spec
+
+    rows = sms_copies("i", 30)
+    rows[10] = "{not json"
+    rows[20] = rows[19]  # a duplicate custom_id
+    file_id = "file-intake-test"
+    write_jsonl(Path(settings.files_dir) / file_id, rows)
+    job = store.create(build_spec(settings, sms_model, threshold=0.0))
+    configure(app, settings)
+    send_intake(app, job, file_id)
+    short = {"CASCADE_VISIBILITY_TIMEOUT": "5"}
+    first = start_worker(queues="specialist", concurrency=1, **short)
+    deadline = time.monotonic() + 120
+    while store.chunks_sent(job) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.get(job).status is JobStatus.VALIDATING, "kill the worker while it reads the file"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    start_worker(queues="specialist", concurrency=2, **short)
+    view = store.wait(job, timeout=600)
+    assert view.status is JobStatus.COMPLETED
+    assert (view.counts.total, view.counts.failed) == (len(rows), 2)
+    every_line_once(settings, job, len(rows), tmp_path)
 
 
 def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
@@ -143,11 +177,7 @@ def test_redis_restarted_mid_job_loses_nothing(
     server = _redis_server(port, tmp_path)
     own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/1"})
     store = JobStore.from_url(own.redis_url, own.job_ttl)
-    with (dataset("sms_spam") / "all.csv").open(newline="") as f:
-        base = list(csv.DictReader(f))
-    rows: list[dict[str, object] | str] = [
-        {"custom_id": f"r{r['id']}-{k}", "text": r["text"]} for k in range(6) for r in base
-    ]
+    rows = sms_copies("r", 6)
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     env = {"CASCADE_REDIS_URL": own.redis_url, "CASCADE_VISIBILITY_TIMEOUT": "5"}
     try:

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel
 
 from broker.exceptions import LLMError
-from broker.jobs import Item, ItemError, ItemResult, JobSpec, JobStatus, OnLLMError, Tier
+from broker.jobs import EndCode, Item, ItemError, ItemResult, JobSpec, JobStatus, OnLLMError, Tier
 from broker.store import JobStore, Recorded
 from monitoring import metrics, observe
 from workers.llm import LLMAnswer, LLMClient, estimate_tokens
@@ -201,6 +201,33 @@ def fail_chunk(store: JobStore, job_id: str, index: int, code: str, message: str
     _finished(store, job_id, recorded)
 
 
+def sweep_job(store: JobStore, job_id: str) -> JobStatus | None:
+    """End a job that is ending early: every item still without a record goes to the error file with the end's
+    code, then the job takes its final status (cancelled, expired). Running it again changes nothing. Returns the
+    final status, or None when the job was not ending."""
+    final = store.ending(job_id)
+    if final is None:
+        return None
+    code = EndCode.CANCELLED if final is JobStatus.CANCELLED else EndCode.EXPIRED
+    for index in range(store.chunk_count(job_id)):
+        items = store.chunk(job_id, index)
+        pending = set(store.unrecorded(job_id, [i.custom_id for i in items]))
+        errors = [
+            ItemError(
+                line=i.line,
+                custom_id=i.custom_id,
+                code=code.value,
+                message=f"line {i.line}: the batch was {final.value} before this item was processed",
+            )
+            for i in items
+            if i.custom_id in pending
+        ]
+        observe.failed_items(store.record(job_id, errors=errors).errors, tier="specialist")
+    if store.end(job_id, final):
+        observe.job_finished(store.invalid_count(job_id))
+    return final
+
+
 def _finished(store: JobStore, job_id: str, recorded: Recorded) -> None:
     if recorded.finished:
         observe.job_finished(store.invalid_count(job_id))
@@ -208,7 +235,7 @@ def _finished(store: JobStore, job_id: str, recorded: Recorded) -> None:
 
 def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, index: int) -> list[Escalation]:
     """Answer a stored chunk's confident items; return the escalations still without a record."""
-    if store.status(job_id) is JobStatus.CANCELLED:
+    if not store.status(job_id).accepts_work:  # ended, or ending: its sweep takes the items
         return []
     spec = store.spec(job_id)
     start = time.perf_counter()
@@ -255,7 +282,7 @@ async def answer_escalations(
 
 async def run_llm_chunk(store: JobStore, client: LLMClient, job_id: str, escalations: Sequence[Escalation]) -> None:
     """Ask the LLM about the escalations that still have no record, and store the answers."""
-    if store.status(job_id) is JobStatus.CANCELLED:
+    if not store.status(job_id).accepts_work:
         return
     pending = set(store.unrecorded(job_id, [e.custom_id for e in escalations]))
     todo = [e for e in escalations if e.custom_id in pending]

@@ -10,14 +10,19 @@ import redis
 from celery.signals import worker_process_shutdown
 from prometheus_client import multiprocess
 
-from broker.celery_app import TaskName, app, send_llm_chunk
+from broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
 from broker.exceptions import ModelError
+from broker.files import FileStore
+from broker.jobs import JobStatus
+from broker.lifecycle import expire_if_due
 from broker.settings import Settings
 from broker.store import JobStore
+from broker.submit import submit_file
+from monitoring import observe
 from monitoring.metrics import QUEUE_WAIT
 from workers import specialist as specialist_model
 from workers.llm import LLMClient
-from workers.pipeline import Escalation, fail_chunk, run_llm_chunk, run_specialist_chunk
+from workers.pipeline import Escalation, fail_chunk, run_llm_chunk, run_specialist_chunk, sweep_job
 
 # Redis unreachable: the task is retried with backoff until Redis answers again.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
@@ -51,11 +56,46 @@ def _specialist(path: str, sha256: str) -> specialist_model.Specialist:
     return specialist_model.load(path, expected_sha256=sha256)
 
 
+def _sweep(job_id: str) -> None:
+    send_sweep(app, job_id)
+
+
+@app.task(name=TaskName.INTAKE.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+def intake_file(job_id: str, file_id: str) -> None:
+    """Read an uploaded file into its job: the API only stores the file, so that a job never waits on the API
+    process. The file store is shared by the API and the specialist workers. Delivered again after a crash, it
+    skips the chunks already enqueued."""
+    settings = _settings()
+    store = _store(settings.redis_url, settings.job_ttl)
+    if store.status(job_id).is_final:  # delivered again after its job ended
+        return
+    files = FileStore(store.redis, settings.files_dir, settings.job_ttl)
+    spec = store.spec(job_id)
+    submit_file(
+        store,
+        lambda job, index: send_specialist_chunk(app, job, index),
+        settings,
+        files.path(file_id),
+        spec,
+        job_id,
+        sweep=_sweep,
+    )
+    if store.status(job_id) is JobStatus.FAILED:  # no valid line: the job ended here, not in a chunk
+        observe.job_finished(store.invalid_count(job_id))
+
+
+@app.task(name=TaskName.SWEEP.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+def sweep(job_id: str) -> None:
+    settings = _settings()
+    sweep_job(_store(settings.redis_url, settings.job_ttl), job_id)
+
+
 @app.task(name=TaskName.SPECIALIST.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
 def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> int:
     _waited("specialist", sent_at)
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
+    expire_if_due(store, _sweep, job_id)
     spec = store.spec(job_id)
     try:
         model = _specialist(spec.model_path, spec.model_sha256)

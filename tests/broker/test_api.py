@@ -12,38 +12,54 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from openai.types import Batch
 
 from broker.settings import Settings
+from broker.store import JobStore
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, write_jsonl
 
 TOKENS = "tok-a=team-a,tok-b=team-b"
 
 
-@pytest.fixture
-def api_url(settings: Settings, sms_model: Path, redis_db: object, tmp_path: Path) -> Iterator[str]:
+def start_api(settings: Settings, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {
-        **_env(settings),
-        "CASCADE_API_TOKENS": TOKENS,
-        "CASCADE_MODEL_DIR": str(sms_model),
-        "CASCADE_FILES_DIR": str(tmp_path / "files"),
-    }
-    with (tmp_path / "api.log").open("wb") as log:
+    env = {**_env(settings), "CASCADE_API_TOKENS": TOKENS, "CASCADE_MODEL_DIR": str(model)}
+    with log.open("ab") as out:
         proc = subprocess.Popen(
-            [CASCADE, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [CASCADE, "api", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(100):
+        try:
+            httpx2.get(url + "/batches", timeout=1)
+            break
+        except httpx2.HTTPError:
+            time.sleep(0.2)
+    return proc, url
+
+
+@pytest.fixture
+def api_url(settings: Settings, sms_model: Path, redis_db: object, tmp_path: Path) -> Iterator[str]:
+    proc, url = start_api(settings, sms_model, tmp_path / "api.log")
     try:
-        for _ in range(100):
-            try:
-                httpx2.get(url + "/batches", timeout=1)
-                break
-            except httpx2.HTTPError:
-                time.sleep(0.2)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def upload(client: openai.OpenAI, path: Path) -> str:
+    with path.open("rb") as f:
+        return client.files.create(file=f, purpose="batch").id
+
+
+def poll(client: openai.OpenAI, batch_id: str, timeout: float = 120) -> Batch:
+    deadline = time.monotonic() + timeout
+    batch = client.batches.retrieve(batch_id)
+    while batch.status not in {"completed", "failed", "cancelled", "expired"} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch_id)
+    return batch
 
 
 def openai_rows() -> list[dict[str, object] | str]:
@@ -117,8 +133,9 @@ def test_callers_see_only_their_own_and_need_a_token(api_url: str, tmp_path: Pat
     assert b.batches.list().data == []
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=api_url, api_key="wrong").batches.list()
-    cancelled = a.batches.cancel(batch.id)
-    assert cancelled.status in {"cancelled", "completed"}
+    cancelled = a.batches.cancel(batch.id)  # no worker has read its input yet: it is swept once that is done
+    assert cancelled.status == "cancelling"
+    assert cancelled.cancelling_at is not None
 
 
 def test_fuzzing_the_api_from_its_openapi_document_finds_no_server_error(api_url: str) -> None:
@@ -158,3 +175,54 @@ def test_api_serves_metrics_for_prometheus(api_url: str, tmp_path: Path) -> None
     assert sum(jobs.values()) == 1  # the one batch, whatever its status now
     assert 'cascade_queue_length{queue="specialist"}' in text
     assert "process_resident_memory_bytes" in text
+
+
+def test_a_batch_survives_its_api_process_killed_right_after_creation(
+    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """The API only stores the file and enqueues the intake: a worker reads it, whatever becomes of the API."""
+    proc, url = start_api(settings, sms_model, tmp_path / "api.log")
+    client = openai.OpenAI(base_url=url, api_key="tok-a")
+    rows = openai_rows()
+    file_id = upload(client, write_jsonl(tmp_path / "batch.jsonl", rows))
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store.status(batch.id).value == "validating"
+    start_worker(queues="specialist")
+    assert store.wait(batch.id, timeout=120).status.value == "completed"
+    proc, url = start_api(settings, sms_model, tmp_path / "api.log")  # the API again, to download the output
+    try:
+        client = openai.OpenAI(base_url=url, api_key="tok-a")
+        done = client.batches.retrieve(batch.id)
+        assert done.request_counts is not None
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (602, 601, 1)
+        assert done.output_file_id
+        output = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+        assert sorted(o["custom_id"] for o in output) == sorted(r["custom_id"] for r in rows if isinstance(r, dict))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_a_batch_past_its_completion_window_expires_with_every_line_in_the_error_file(
+    api_url: str, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    client = openai.OpenAI(base_url=api_url, api_key="tok-a")
+    rows = openai_rows()
+    file_id = upload(client, write_jsonl(tmp_path / "batch.jsonl", rows))
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1s")
+    assert batch.expires_at is not None
+    assert batch.expires_at - batch.created_at <= 1
+    time.sleep(2)  # no worker yet: the window passes before anything is read
+    assert client.batches.retrieve(batch.id).status == "finalizing"
+    start_worker(queues="specialist")
+    batch = poll(client, batch.id)
+    assert batch.status == "expired"
+    assert batch.expired_at is not None
+    assert batch.finalizing_at is not None
+    assert batch.output_file_id is None  # nothing was answered
+    assert batch.error_file_id
+    errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert sorted(e["error"]["line"] for e in errors) == list(range(1, len(rows) + 1))
+    assert {e["error"]["code"] for e in errors} == {"batch_expired", "invalid_json"}

@@ -40,22 +40,6 @@ def test_bad_line_names_line_and_field(line: str | bytes, code: ErrorCode, field
         assert f"'{field}'" in error.message
 
 
-def test_duplicate_custom_id_is_refused_after_the_first() -> None:
-    intake = Intake(100)
-    first = parse(intake, 1, '{"custom_id": "a", "text": "one"}')
-    second = parse(intake, 2, '{"custom_id": "a", "text": "two"}')
-    assert isinstance(first, Item)
-    assert isinstance(second, ItemError)
-    assert second.code == ErrorCode.DUPLICATE_ID.value
-    assert second.custom_id == "a"
-
-
-def test_refused_line_does_not_reserve_its_custom_id() -> None:
-    intake = Intake(5)
-    assert isinstance(parse(intake, 1, '{"custom_id": "a", "text": "far too long"}'), ItemError)
-    assert isinstance(parse(intake, 2, '{"custom_id": "a", "text": "ok"}'), Item)
-
-
 def openai_line(cid: str, content: object, url: str = "/v1/chat/completions") -> str:
     return json.dumps(
         {
