@@ -76,7 +76,14 @@ def cascade_dashboard() -> dict[str, Any]:
         ),
         ("Stage latency", _quantiles("cascade_stage_duration_seconds", "stage"), "s"),
         ("Queue wait", _quantiles("cascade_queue_wait_seconds", "queue"), "s"),
-        ("Queue depth (Celery)", [("max by (queue) (cascade_queue_length)", "{{queue}}")], "short"),
+        (
+            "Queue depth (Celery)",
+            [
+                ("max by (queue) (cascade_queue_length)", "{{queue}} waiting"),
+                ("max by (queue) (cascade_queue_reserved)", "{{queue}} reserved"),
+            ],
+            "short",
+        ),
         ("Items in flight", [("sum by (tier) (cascade_items_in_flight)", "{{tier}}")], "short"),
         ("Jobs by status", [("max by (status) (cascade_jobs)", "{{status}}")], "short"),
         (

@@ -13,14 +13,36 @@ from prometheus_client.registry import Collector
 from broker.celery_app import QueueName
 from broker.jobs import JobStatus
 from broker.store import JobStore
-from monitoring.metrics import JOBS, QUEUE_LENGTH
+from monitoring.metrics import JOBS, QUEUE_LENGTH, QUEUE_RESERVED
+
+UNACKED_KEY = "unacked"
+"""Celery's Redis transport (kombu) keeps every delivered, not yet acknowledged message in this one hash, for all
+queues: field the delivery tag, value the JSON ``[message, exchange, routing_key]``. Cascade routes each queue
+through its own exchange with the queue's name as routing key (``broker.celery_app``)."""
+
+# Count the reserved messages by routing key inside Redis: only the counts travel, not the messages (an LLM chunk
+# carries its items' texts), and a scrape sees one consistent state.
+_RESERVED_BY_QUEUE = """
+local counts = {}
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  local queue = cjson.decode(value)[3]
+  counts[queue] = (counts[queue] or 0) + 1
+end
+local flat = {}
+for queue, n in pairs(counts) do
+  flat[#flat + 1] = queue
+  flat[#flat + 1] = n
+end
+return flat
+"""
 
 
 class JobsCollector(Collector):
-    """Jobs by status, read from the job store at each scrape."""
+    """Jobs by status, and the tasks waiting in and reserved from each queue, read from Redis at each scrape."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
+        self._reserved = store.redis.register_script(_RESERVED_BY_QUEUE)
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(JOBS, "Jobs in the job store, by status.", labels=["status"])
@@ -34,6 +56,18 @@ class JobsCollector(Collector):
         for queue in QueueName:
             queues.add_metric([queue.value], self.store.redis.llen(queue.value))
         yield queues
+        found = self.reserved()
+        reserved = GaugeMetricFamily(
+            QUEUE_RESERVED, "Tasks delivered to a worker and not yet acknowledged, by queue.", labels=["queue"]
+        )
+        for queue in QueueName:
+            reserved.add_metric([queue.value], found.get(queue.value, 0))
+        yield reserved
+
+    def reserved(self) -> dict[str, int]:
+        """Tasks delivered to a worker and not yet acknowledged, by queue (see ``UNACKED_KEY``)."""
+        flat = self._reserved(keys=[UNACKED_KEY])
+        return {str(k): int(n) for k, n in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _alive(pid: int) -> bool:

@@ -69,6 +69,9 @@ JOBS = "cascade_jobs"
 """Gauge family served by the jobs collector (``monitoring.exporter``): jobs by status, read from Redis."""
 QUEUE_LENGTH = "cascade_queue_length"
 """Gauge family served by the jobs collector: tasks waiting in each Celery queue (Redis list length)."""
+QUEUE_RESERVED = "cascade_queue_reserved"
+"""Gauge family served by the jobs collector: tasks of each queue delivered to a worker and not yet acknowledged
+(running, or prefetched); with the waiting ones, the work a queue's workers have (deploy/: their autoscaling)."""
 
 METRIC_NAMES = {
     "cascade_items_total",
@@ -86,5 +89,6 @@ METRIC_NAMES = {
     "cascade_policy_target_accuracy",
     JOBS,
     QUEUE_LENGTH,
+    QUEUE_RESERVED,
 }
 """Every family Cascade exports (histograms also export ``_bucket``, ``_sum`` and ``_count`` series)."""

@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kombu.message import Message
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.exporter import CompactingCollector, compact_dead
+from broker.celery_app import CascadeCelery, QueueName, configure, send_llm_chunk
+from broker.settings import Settings
+from broker.store import JobStore
+from monitoring.exporter import CompactingCollector, JobsCollector, compact_dead
 
 CHILD = """
 from prometheus_client import Counter, Histogram
@@ -42,3 +46,22 @@ def test_dead_processes_are_compacted_and_counts_kept(tmp_path: Path) -> None:
     assert 'demo_items_total{tier="llm"} 14.0' in scrape(tmp_path)
     assert compact_dead(str(tmp_path)) == 0
     assert len(list(tmp_path.glob("*.db"))) == 2
+
+
+def test_reserved_tasks_are_counted_by_queue(settings: Settings, store: JobStore) -> None:
+    """Against Celery's own Redis transport: a task delivered to a consumer and not acknowledged counts as reserved
+    in its queue, not as waiting, until it is acknowledged (deploy/'s worker autoscaling counts both)."""
+    celery = configure(CascadeCelery("reserved-test"), settings)
+    send_llm_chunk(celery, "job", [])
+    collector = JobsCollector(store)
+    assert collector.reserved() == {}
+    delivered: list[Message] = []
+    with celery.connection_for_read() as conn:
+        queue = celery.amqp.queues[QueueName.LLM.value]
+        with conn.Consumer(queue, callbacks=[lambda _, message: delivered.append(message)], accept=["json"]):
+            conn.drain_events(timeout=10)
+            assert len(delivered) == 1
+            assert collector.reserved() == {QueueName.LLM.value: 1}
+            assert store.redis.llen(QueueName.LLM.value) == 0
+            delivered[0].ack()
+            assert collector.reserved() == {}

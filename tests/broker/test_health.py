@@ -1,0 +1,20 @@
+"""GET /health, the API's readiness probe in Kubernetes (deploy/): ok while Redis answers, an error otherwise."""
+
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from broker import api
+from broker.store import JobStore
+
+
+def test_health_is_ok_while_redis_answers(store: JobStore) -> None:
+    assert api.health(SimpleNamespace(store=store)) == {"status": "ok"}
+
+
+def test_health_fails_while_redis_does_not_answer() -> None:
+    unreachable = JobStore.from_url("redis://127.0.0.1:1/15", job_ttl=60)
+    with pytest.raises(redis.ConnectionError):
+        api.health(SimpleNamespace(store=unreachable))
+    unreachable.redis.close()
