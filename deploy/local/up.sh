@@ -20,6 +20,9 @@ else
   echo $! >"$prom_pid"
 fi
 
+# The API's uploads are read by this worker (the intake task): both must use the same folder. `cascade api` run
+# from the repository's root uses var/files there by default, as this worker does.
+export CASCADE_FILES_DIR="${CASCADE_FILES_DIR:-$root/var/files}"
 pidfile="$state/worker.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "[cascade] worker already running (pid $(cat "$pidfile"))" >&2
