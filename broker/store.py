@@ -139,6 +139,21 @@ return 'later'
 """
 
 
+# KEYS: ids. ARGV: ttl, a JSON list of [custom_id, line] (one argument: redis-py packs many slowly). Claims each
+# custom_id for its line unless an earlier line has it; returns the (1-based) positions of the duplicates. Reading
+# the same lines again gives the same answer.
+_CLAIM = """
+local duplicates = {}
+for pos, item in ipairs(cjson.decode(ARGV[2])) do
+  local id, line = item[1], tostring(item[2])
+  if redis.call('HSETNX', KEYS[1], id, line) == 0 and redis.call('HGET', KEYS[1], id) ~= line then
+    table.insert(duplicates, pos)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return duplicates
+"""
+
 _ITEMS = TypeAdapter(list[Item])
 if TYPE_CHECKING:
     _Value = bytes | bytearray | memoryview[int] | str | int | float  # what redis-py's typing accepts in a mapping
@@ -180,6 +195,7 @@ class JobStore:
         self._reserve = client.register_script(_RESERVE)
         self._intake_done = client.register_script(_INTAKE_DONE)
         self._request_end = client.register_script(_REQUEST_END)
+        self._claim = client.register_script(_CLAIM)
 
     @classmethod
     def from_url(cls, url: str, job_ttl: int) -> "JobStore":
@@ -350,14 +366,11 @@ class JobStore:
         Redis, not in the reading process's memory; reading the same input again gives the same answers."""
         if not items:
             return []
+        claims = json.dumps([[item.custom_id, item.line] for item in items])
         key = JOB_PREFIX + job_id + IDS_SUFFIX
-        with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                pipe.hsetnx(key, item.custom_id, item.line)
-            pipe.expire(key, self.job_ttl)
-            pipe.hmget(key, [item.custom_id for item in items])
-            lines = pipe.execute()[-1]
-        return [str(line) == str(item.line) for item, line in zip(items, lines, strict=True)]
+        duplicates = cast(list[int], self._claim(keys=[key], args=[self.job_ttl, claims]))
+        taken = {int(i) - 1 for i in duplicates}
+        return [i not in taken for i in range(len(items))]
 
     def chunks_sent(self, job_id: str) -> int:
         """How many chunks the intake has already stored and enqueued (an intake that runs again skips them)."""
