@@ -113,6 +113,7 @@ def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | N
     _waited("llm", sent_at)
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
+    expire_if_due(store, _sweep, job_id)  # a job whose specialist chunks are all done still expires
     items = [Escalation.model_validate(e) for e in escalations]
 
     async def run() -> None:
