@@ -32,11 +32,16 @@ def parse_window(window: str, max_seconds: int) -> int:
 
 
 def cancel(store: JobStore, sweep: Sweep, job_id: str) -> bool:
-    """Ask a job to end as cancelled; False when it was not running (it had ended, or is ending already)."""
+    """Ask a job to end as cancelled; False when it was not running (it had ended, or is expiring)."""
     if store.request_end(job_id, JobStatus.CANCELLED):
         sweep(job_id)
         return True
-    return store.status(job_id) is JobStatus.CANCELLING
+    if store.status(job_id) is not JobStatus.CANCELLING:
+        return False
+    (total,) = store.fields(job_id, "total")
+    if total is not None:  # asked again: send the sweep again, in case the first was lost (it runs once in effect)
+        sweep(job_id)
+    return True
 
 
 def expire_if_due(store: JobStore, sweep: Sweep, job_id: str) -> None:
