@@ -6,13 +6,12 @@ from pathlib import Path
 from broker.exceptions import InputError
 from broker.intake import Intake, duplicate
 from broker.jobs import Item, ItemError, JobSpec, OnLLMError
+from broker.lifecycle import Sweep
 from broker.settings import Settings
 from broker.store import JobStore
 
 Enqueue = Callable[[str, int], None]
 """Sends chunk ``index`` of job ``job_id`` to the specialist queue."""
-Sweep = Callable[[str], None]
-"""Sends the sweep of a job that is ending early (cancelled or expired while its input was read)."""
 
 
 def parse_file(path: Path, intake: Intake) -> Iterator[Item | ItemError]:

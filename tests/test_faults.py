@@ -253,3 +253,21 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_an_upload_the_worker_cannot_see_fails_its_batch_saying_why(
+    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """A worker whose CASCADE_FILES_DIR is not the API's: the batch fails at once, not stuck validating."""
+    from broker.celery_app import app, configure, send_intake
+    from broker.submit import build_spec
+
+    write_jsonl(Path(settings.files_dir) / "file-elsewhere", [{"custom_id": "a", "text": "hello"}])
+    job = store.create(build_spec(settings, sms_model))
+    configure(app, settings)
+    send_intake(app, job, "file-elsewhere")
+    start_worker(queues="specialist", CASCADE_FILES_DIR=str(tmp_path / "not-shared"))
+    view = store.wait(job, timeout=60)
+    assert view.status is JobStatus.FAILED
+    assert view.error is not None
+    assert "CASCADE_FILES_DIR must be shared" in view.error

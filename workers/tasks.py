@@ -3,7 +3,7 @@
 import asyncio
 import os
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import redis
@@ -69,17 +69,16 @@ def intake_file(job_id: str, file_id: str) -> None:
     store = _store(settings.redis_url, settings.job_ttl)
     if store.status(job_id).is_final:  # delivered again after its job ended
         return
-    files = FileStore(store.redis, settings.files_dir, settings.job_ttl)
-    spec = store.spec(job_id)
-    submit_file(
-        store,
-        lambda job, index: send_specialist_chunk(app, job, index),
-        settings,
-        files.path(file_id),
-        spec,
-        job_id,
-        sweep=_sweep,
-    )
+    path = FileStore(store.redis, settings.files_dir, settings.job_ttl).path(file_id)
+    if not path.is_file():  # nothing to read, now or on a retry: the batch fails, saying why
+        message = (
+            f"input file {file_id} is not in {path.parent} on this worker: CASCADE_FILES_DIR must be shared by "
+            "the API and the specialist workers"
+        )
+        store.end(job_id, JobStatus.FAILED, error=message)
+        return
+    enqueue = partial(send_specialist_chunk, app)
+    submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
     if store.status(job_id) is JobStatus.FAILED:  # no valid line: the job ended here, not in a chunk
         observe.job_finished(store.invalid_count(job_id))
 
