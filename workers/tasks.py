@@ -11,7 +11,7 @@ from celery.signals import worker_process_shutdown
 from prometheus_client import multiprocess
 
 from broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
-from broker.exceptions import ModelError
+from broker.exceptions import CascadeError, ModelError
 from broker.files import FileStore
 from broker.jobs import JobStatus
 from broker.lifecycle import expire_if_due
@@ -78,7 +78,11 @@ def intake_file(job_id: str, file_id: str) -> None:
         store.end(job_id, JobStatus.FAILED, error=message)
         return
     enqueue = partial(send_specialist_chunk, app)
-    submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
+    try:
+        submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
+    except (OSError, CascadeError) as e:  # a file that cannot be read: the batch fails saying why, not stuck
+        store.end(job_id, JobStatus.FAILED, error=f"reading input file {file_id} failed: {e}")
+        return
     if store.status(job_id) is JobStatus.FAILED:  # no valid line: the job ended here, not in a chunk
         observe.job_finished(store.invalid_count(job_id))
 
