@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
+import yaml
 from openai._constants import MAX_RETRY_DELAY
 
 from broker import api, cli
@@ -193,6 +194,16 @@ def test_dashboards_are_the_files_of_monitoring(rendered: Rendered) -> None:
     files = {p.name: p.read_text() for p in sorted((ROOT / "monitoring" / "dashboards").glob("*.json"))}
     assert files
     assert dashboards["data"] == files
+
+
+def test_alert_and_recording_rules_are_the_rules_of_monitoring(rendered: Rendered) -> None:
+    (rule,) = rendered.of_kind("PrometheusRule")
+    source = yaml.safe_load((ROOT / "monitoring" / "rules" / "cascade.rules.yml").read_text())
+    assert rule["spec"] == source
+    for group in rule["spec"]["groups"]:  # what the Operator requires of each group and rule
+        assert group["name"]
+        assert group["rules"]
+        assert all(("record" in r) != ("alert" in r) and r["expr"] for r in group["rules"])
 
 
 def test_pods_run_unprivileged_within_limits(rendered: Rendered) -> None:

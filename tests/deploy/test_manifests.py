@@ -16,6 +16,7 @@ CUSTOM_KINDS = {
     "ScaledObject": "keda.sh/v1alpha1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PodMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
 }
 """Custom resources (KEDA, Prometheus Operator): checked by hand below."""
 NUMBER = re.compile(r"^\d+(\.\d+)?$")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from monitoring import metrics
+from monitoring import metrics, prometheus_rule
 from monitoring.vllm_metrics import VLLM_METRICS
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules"
@@ -90,3 +90,10 @@ def test_dashboards_are_current_and_query_only_metrics_that_exist() -> None:
         # the dashboard shows the cascade and vLLM side by side
         assert {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"} <= queried
         assert "cascade_queue_length" in queried
+
+
+def test_the_prometheus_rule_for_kubernetes_is_current() -> None:
+    """deploy/ ships the rules wrapped as a PrometheusRule: regenerate with `python -m monitoring.prometheus_rule`."""
+    wrapped = prometheus_rule.render(prometheus_rule.SOURCE.read_text())
+    assert prometheus_rule.OUT.read_text() == wrapped, "run `python -m monitoring.prometheus_rule`"
+    assert yaml.safe_load(wrapped)["spec"] == yaml.safe_load(prometheus_rule.SOURCE.read_text())
