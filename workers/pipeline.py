@@ -192,9 +192,11 @@ def split_chunk(
 
 
 def fail_chunk(store: JobStore, job_id: str, index: int, code: str, message: str) -> None:
-    """Record every item of a chunk as failed, when the chunk cannot be processed at all."""
+    """Record every item of a chunk that has no record yet as failed (the store keeps the first record of each),
+    when the chunk cannot be processed at all or its job ends early. Each message names its line."""
     errors = [
-        ItemError(line=i.line, custom_id=i.custom_id, code=code, message=message) for i in store.chunk(job_id, index)
+        ItemError(line=i.line, custom_id=i.custom_id, code=code, message=f"line {i.line}: {message}")
+        for i in store.chunk(job_id, index)
     ]
     recorded = store.record(job_id, errors=errors)
     observe.failed_items(recorded.errors, tier="specialist")
@@ -210,19 +212,7 @@ def sweep_job(store: JobStore, job_id: str) -> JobStatus | None:
         return None
     code = EndCode.CANCELLED if final is JobStatus.CANCELLED else EndCode.EXPIRED
     for index in range(store.chunk_count(job_id)):
-        items = store.chunk(job_id, index)
-        pending = set(store.unrecorded(job_id, [i.custom_id for i in items]))
-        errors = [
-            ItemError(
-                line=i.line,
-                custom_id=i.custom_id,
-                code=code.value,
-                message=f"line {i.line}: the batch was {final.value} before this item was processed",
-            )
-            for i in items
-            if i.custom_id in pending
-        ]
-        observe.failed_items(store.record(job_id, errors=errors).errors, tier="specialist")
+        fail_chunk(store, job_id, index, code.value, f"the batch was {final.value} before this item was processed")
     if store.end(job_id, final):
         observe.job_finished(store.invalid_count(job_id))
     return final
