@@ -12,9 +12,9 @@ from pathlib import Path
 
 import redis
 
-from broker.settings import Settings
-from broker.store import JobStore
-from workers import specialist
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers import specialist
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -27,10 +27,10 @@ def bench_settings(**overrides: object) -> Settings:
     return Settings(redis_url=url, **overrides)  # type: ignore[arg-type]
 
 
-def fresh_store(settings: Settings) -> JobStore:
+def fresh_store(settings: Settings) -> RedisJobStore:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.flushdb()
-    return JobStore(client, settings.job_ttl)
+    return RedisJobStore(client, settings.job_ttl)
 
 
 def banking(split: str) -> tuple[list[str], list[str]]:
@@ -86,7 +86,7 @@ def bench_model() -> tuple[Path, specialist.Specialist]:
     return model_dir, specialist.load(model_dir)
 
 
-def wait_done(store: JobStore, job_id: str, timeout: float = 3600) -> float:
+def wait_done(store: RedisJobStore, job_id: str, timeout: float = 3600) -> float:
     """Seconds from now until the job has ended."""
     start = time.perf_counter()
     store.wait(job_id, timeout, poll=0.05)

@@ -21,8 +21,8 @@ from pathlib import Path
 import openai
 
 from bench.common import CASCADE, DATASETS, OUT, bench_settings, fresh_store
-from workers import specialist
-from workers.data import read_labelled_csv
+from cascade.workers import specialist
+from cascade.workers.data import read_labelled_csv
 
 
 def peak_mib(pid: int) -> float:

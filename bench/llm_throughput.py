@@ -16,12 +16,12 @@ import time
 from openai import AsyncOpenAI
 
 from bench.common import OUT, banking, bench_model, bench_settings, fresh_store, wait_done, workers
-from broker.celery_app import app, configure, send_specialist_chunk
-from broker.jobs import JobSpec, JobStatus
-from broker.settings import Settings
-from broker.submit import submit_file
-from workers import specialist
-from workers.llm import build_messages
+from cascade.broker.celery_app import app, configure, send_specialist_chunk
+from cascade.broker.settings import Settings
+from cascade.broker.submit import submit_file
+from cascade.workers import specialist
+from cascade.workers.jobs import JobSpec, JobStatus
+from cascade.workers.llm import build_messages
 
 
 async def bare_client(settings: Settings, requests: list[tuple[str, list[str]]]) -> float:
@@ -82,14 +82,14 @@ def main() -> None:
     view = store.get(job)
     if view.status is not JobStatus.COMPLETED or view.counts.escalated != args.items:
         raise SystemExit(f"expected every item escalated and answered: {view}")
-    llm_answered = store.tier_stats(job).get("llm")
+    llm_answered = store.stats(job).tiers.get("llm")
 
     after = asyncio.run(bare_client(settings, requests))
     bare = args.items / ((before + after) / 2)
     cascade = args.items / elapsed
     print(
         f"items: {args.items}, all escalated; LLM answers {llm_answered.answered if llm_answered else 0}, "
-        f"LLM errors {store.llm_errors(job)}; concurrency {settings.llm_concurrency}"
+        f"LLM errors {store.stats(job).llm_errors}; concurrency {settings.llm_concurrency}"
     )
     print(f"bare concurrent client: {args.items / before:.2f} items/s before, {args.items / after:.2f} after")
     print(f"cascade job through the worker (submit -> completed): {cascade:.2f} items/s")

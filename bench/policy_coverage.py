@@ -12,9 +12,9 @@ import argparse
 import numpy as np
 
 from bench.common import DATASETS, bench_model
+from cascade.workers.calibration import FitOptions
 from tests.workers.simulation import Bound, best_single_threshold_share, population, run_trial
 from tests.workers.test_calibration_simulation import MAX_ESCALATION, N_CAL, SIM_LLM
-from workers.calibration import FitOptions
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import json
 import time
 
 from bench.common import OUT, banking, bench_model, bench_settings, fresh_store, wait_done, workers
-from broker.celery_app import app, configure, send_specialist_chunk
-from broker.jobs import JobSpec, JobStatus
-from broker.submit import submit_file
+from cascade.broker.celery_app import app, configure, send_specialist_chunk
+from cascade.broker.submit import submit_file
+from cascade.workers.jobs import JobSpec, JobStatus
 
 
 def main() -> None:

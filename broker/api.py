@@ -17,17 +17,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
-from broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
-from broker.celery_app import app as celery_app
-from broker.celery_app import configure, send_intake, send_sweep
-from broker.exceptions import CascadeError, InputError, NotFoundError, SettingsError
-from broker.files import FileObject, FileStore
-from broker.intake import ENDPOINT
-from broker.lifecycle import cancel, expire_if_due, parse_window
-from broker.settings import Settings
-from broker.store import JobStore
-from broker.submit import build_spec
-from monitoring.exporter import JobsCollector
+from cascade.broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
+from cascade.broker.celery_app import app as celery_app
+from cascade.broker.celery_app import configure, send_intake, send_sweep
+from cascade.broker.collector import JobsCollector
+from cascade.broker.files import FileObject, FileStore
+from cascade.broker.intake import ENDPOINT
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.broker.submit import build_spec
+from cascade.workers.errors import CascadeError, InputError, NotFoundError, SettingsError
+from cascade.workers.lifecycle import cancel, expire_if_due, parse_window
 
 API_FIELDS = (
     "input_file_id",
@@ -58,7 +58,7 @@ class Context:
 
     settings: Settings
     owners: dict[str, str]
-    store: JobStore
+    store: RedisJobStore
     files: FileStore
     registry: CollectorRegistry
 
@@ -216,7 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
         raise SettingsError("CASCADE_API_TOKENS is empty: the API needs at least one token=owner pair")
     if not settings.model_dir:
         raise SettingsError("CASCADE_MODEL_DIR is empty: the API's batches need a specialist model folder")
-    store = JobStore.from_url(settings.redis_url, settings.job_ttl)
+    store = RedisJobStore.from_url(settings.redis_url, settings.job_ttl)
     configure(celery_app, settings)
     api = FastAPI(title="Cascade Batch API", version="1", description=__doc__)
     registry = CollectorRegistry()
@@ -231,13 +231,13 @@ def create_app(settings: Settings) -> FastAPI:
     return api
 
 
-def _output(store: JobStore, job_id: str) -> Iterator[str]:
+def _output(store: RedisJobStore, job_id: str) -> Iterator[str]:
     job = store.get(job_id)
     created = int(job.finished_at or job.created_at)
     for r in store.iter_results(job_id):
         yield json.dumps(output_line(job_id, job.spec.llm_model, created, r)) + "\n"
 
 
-def _errors(store: JobStore, job_id: str) -> Iterator[str]:
+def _errors(store: RedisJobStore, job_id: str) -> Iterator[str]:
     for e in store.iter_errors(job_id):
         yield json.dumps(error_line(job_id, e)) + "\n"

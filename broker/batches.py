@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.jobs import JobStatus, JobView
+from cascade.workers.items import ItemError, ItemResult
+from cascade.workers.jobs import JobStatus, JobView
 
 OUTPUT_PREFIX = "file-out-"
 ERRORS_PREFIX = "file-err-"
@@ -79,10 +80,25 @@ def _request_id(job_id: str, custom_id: str | None, line: int) -> str:
     return "batch_req_" + hashlib.sha256(f"{job_id}\0{custom_id}\0{line}".encode()).hexdigest()[:24]
 
 
-def output_line(job_id: str, model: str, created: int, r: dict[str, Any]) -> dict[str, Any]:
+_DETAILS = {
+    "tier",
+    "route",
+    "confidence",
+    "specialist_label",
+    "specialist_confidence",
+    "candidates",
+    "llm_label",
+    "llm_confidence",
+    "llm_error",
+    "line",
+}
+"""The fields of a result shown under ``response.body.cascade``."""
+
+
+def output_line(job_id: str, model: str, created: int, r: ItemResult) -> dict[str, Any]:
     """A results record as an OpenAI batch output line: a chat completion whose content is the label."""
-    prompt, completion = r.get("llm_prompt_tokens") or 0, r.get("llm_completion_tokens") or 0
-    rid = _request_id(job_id, r["custom_id"], r["line"])
+    prompt, completion = r.llm_prompt_tokens or 0, r.llm_completion_tokens or 0
+    rid = _request_id(job_id, r.custom_id, r.line)
     body = {
         "id": "chatcmpl-" + rid.removeprefix("batch_req_"),
         "object": "chat.completion",
@@ -91,40 +107,26 @@ def output_line(job_id: str, model: str, created: int, r: dict[str, Any]) -> dic
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": r["label"]},
+                "message": {"role": "assistant", "content": r.label},
                 "finish_reason": "stop",
                 "logprobs": None,
             }
         ],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        "cascade": {
-            k: r.get(k)
-            for k in (
-                "tier",
-                "route",
-                "confidence",
-                "specialist_label",
-                "specialist_confidence",
-                "candidates",
-                "llm_label",
-                "llm_confidence",
-                "llm_error",
-                "line",
-            )
-        },
+        "cascade": r.model_dump(mode="json", include=_DETAILS),
     }
     return {
         "id": rid,
-        "custom_id": r["custom_id"],
+        "custom_id": r.custom_id,
         "response": {"status_code": 200, "request_id": rid, "body": body},
         "error": None,
     }
 
 
-def error_line(job_id: str, e: dict[str, Any]) -> dict[str, Any]:
+def error_line(job_id: str, e: ItemError) -> dict[str, Any]:
     return {
-        "id": _request_id(job_id, e.get("custom_id"), e["line"]),
-        "custom_id": e.get("custom_id"),
+        "id": _request_id(job_id, e.custom_id, e.line),
+        "custom_id": e.custom_id,
         "response": None,
-        "error": {"code": e["code"], "message": e["message"], "line": e["line"]},
+        "error": {"code": e.code.value, "message": e.message, "line": e.line},
     }

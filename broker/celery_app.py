@@ -5,12 +5,14 @@ called once by the CLI before a worker starts or a job is submitted.
 """
 
 import time
+from collections.abc import Sequence
 from enum import Enum
 
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from broker.settings import Settings
+from cascade.broker.settings import Settings
+from cascade.workers.items import Escalation
 
 
 class QueueName(str, Enum):
@@ -33,7 +35,7 @@ class CascadeCelery(Celery):  # type: ignore[misc]
     settings: Settings | None = None
 
 
-app = CascadeCelery("cascade", include=["workers.tasks"])
+app = CascadeCelery("cascade", include=["cascade.workers.tasks"])
 
 
 def _queue(name: QueueName) -> Queue:
@@ -94,7 +96,8 @@ def send_sweep(celery: Celery, job_id: str) -> None:
     celery.send_task(TaskName.SWEEP.value, args=[job_id], queue=QueueName.SPECIALIST.value)
 
 
-def send_llm_chunk(celery: Celery, job_id: str, escalations: list[dict[str, object]]) -> None:
+def send_llm_chunk(celery: Celery, job_id: str, escalations: Sequence[Escalation]) -> None:
+    payload = [e.model_dump(mode="json") for e in escalations]
     celery.send_task(
-        TaskName.LLM.value, args=[job_id, escalations], kwargs={"sent_at": time.time()}, queue=QueueName.LLM.value
+        TaskName.LLM.value, args=[job_id, payload], kwargs={"sent_at": time.time()}, queue=QueueName.LLM.value
     )

@@ -1,8 +1,6 @@
 """The ``cascade`` command: train, worker, submit, status, results, errors, cancel, demo."""
 
 import asyncio
-import csv
-import json
 import logging
 import os
 import shutil
@@ -10,11 +8,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import redis
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,15 +25,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from broker import lifecycle
-from broker.celery_app import QueueName, app, configure, send_specialist_chunk, send_sweep
-from broker.exceptions import CascadeError, InputError, JobError
-from broker.jobs import JobSpec, JobStatus, OnLLMError
-from broker.settings import Settings
-from broker.store import JobStore
-from broker.submit import build_spec, submit_file
-from broker.summary import Summary, summarize
-from broker.views import print_bands, print_cost, print_evaluation, print_summary
+from cascade.broker.celery_app import QueueName, app, configure, send_specialist_chunk, send_sweep
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.broker.summary import Summary, summarize
+from cascade.broker.views import print_bands, print_cost, print_evaluation, print_summary
+from cascade.workers.errors import CascadeError, InputError
+from cascade.workers.jobs import JobSpec, JobStatus, OnLLMError
+
+# Imported where used: the `worker` command must set up the metrics' multiprocess mode before anything imports
+# prometheus_client (cascade.monitoring.metrics, through the pipeline), and the CLI starts faster.
+if TYPE_CHECKING:
+    from cascade.broker.labelled import LabelledJob
+    from cascade.broker.submit import Enqueue
 
 cli = typer.Typer(
     help="Cascade: a cheap specialist on every item, an LLM (vLLM) on the unsure ones.",
@@ -44,8 +48,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _store(settings: Settings) -> JobStore:
-    return JobStore.from_url(settings.redis_url, settings.job_ttl)
+def _store(settings: Settings) -> RedisJobStore:
+    return RedisJobStore.from_url(settings.redis_url, settings.job_ttl)
 
 
 @cli.command()
@@ -56,8 +60,8 @@ def train(
     seed: int = 0,
 ) -> None:
     """Train the specialist and save it with its manifest."""
-    from workers import specialist
-    from workers.data import read_labelled_csv
+    from cascade.workers import specialist
+    from cascade.workers.data import read_labelled_csv
 
     labelled = read_labelled_csv(data)
     report = specialist.train(labelled.texts, labelled.labels, holdout=holdout, seed=seed)
@@ -92,7 +96,7 @@ def worker(
     if QueueName.LLM.value in names:
         _check_llm(settings)
     if port:
-        from monitoring.exporter import serve
+        from cascade.broker.collector import serve
 
         serve(port, _store(settings))
         err.print(f"metrics on :{port}/metrics")
@@ -106,10 +110,10 @@ def worker(
 
 
 def _check_llm(settings: Settings) -> None:
-    from workers.llm import LLMClient
+    from cascade.workers.llm import LLMClient
 
     async def check() -> None:
-        async with LLMClient(settings) as client:
+        async with LLMClient(settings.llm_config()) as client:
             await client.check_constrained()
 
     asyncio.run(check())
@@ -124,7 +128,7 @@ def api(
     """Serve the HTTP API (OpenAI's Files and Batch API) with uvicorn."""
     import uvicorn
 
-    from broker.api import create_app
+    from cascade.broker.api import create_app
 
     uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
 
@@ -149,6 +153,8 @@ def submit(
 ) -> None:
     """Submit a batch job and print its id."""
     settings = Settings()
+    from cascade.broker.submit import build_spec
+
     spec = build_spec(
         settings,
         model,
@@ -166,10 +172,15 @@ def submit(
         _finish(settings, job_id, as_json)
 
 
-def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
+def _enqueue(settings: Settings) -> "Enqueue":
     configure(app, settings)
-    store = _store(settings)
-    return submit_file(store, lambda job, index: send_specialist_chunk(app, job, index), settings, input_file, spec)
+    return partial(send_specialist_chunk, app)
+
+
+def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
+    from cascade.broker.submit import submit_file
+
+    return submit_file(_store(settings), _enqueue(settings), settings, input_file, spec)
 
 
 def _finish(settings: Settings, job_id: str, as_json: bool) -> None:
@@ -184,7 +195,7 @@ def _finish(settings: Settings, job_id: str, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _wait(store: JobStore, job_id: str, poll: float = 0.5) -> None:
+def _wait(store: RedisJobStore, job_id: str, poll: float = 0.5) -> None:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -210,8 +221,8 @@ def _wait(store: JobStore, job_id: str, poll: float = 0.5) -> None:
             time.sleep(poll)
 
 
-def _summary(store: JobStore, job_id: str) -> Summary:
-    return summarize(store.get(job_id), store.tier_stats(job_id), store.llm_errors(job_id), store.llm_usage(job_id))
+def _summary(store: RedisJobStore, job_id: str) -> Summary:
+    return summarize(store.get(job_id), store.stats(job_id))
 
 
 @cli.command()
@@ -246,12 +257,12 @@ def status(
     )
 
 
-def _export(rows: Iterator[dict[str, Any]], output: Path | None) -> int:
+def _export(rows: Iterator[BaseModel], output: Path | None) -> int:
     target = output.open("w") if output else sys.stdout
     n = 0
     try:
         for row in rows:
-            target.write(json.dumps(row, ensure_ascii=False) + "\n")
+            target.write(row.model_dump_json() + "\n")
             n += 1
     finally:
         if output:
@@ -285,10 +296,23 @@ def cancel(job_id: str) -> None:
     settings = Settings()
     store = _store(settings)
     configure(app, settings)
-    if lifecycle.cancel(store, lambda job: send_sweep(app, job), job_id):
+    from cascade.workers.lifecycle import cancel as request_cancel
+
+    if request_cancel(store, lambda job: send_sweep(app, job), job_id):
         out.print(f"{job_id} cancelling: a worker writes what is not finished to the errors, then it is cancelled")
     else:
         out.print(f"{job_id} is not running: {store.status(job_id).value}")
+
+
+@cli.command("monitoring-files")
+def monitoring_files(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write dashboards/ and rules/ into")],
+) -> None:
+    """Copy the Grafana dashboards and the Prometheus rules shipped with this installation into a folder."""
+    from cascade.monitoring.files import copy_out
+
+    for path in copy_out(out_dir):
+        out.print(str(path))
 
 
 def _default_dataset() -> Path | None:
@@ -307,59 +331,31 @@ def demo(
     top_k: Annotated[int | None, typer.Option(min=0)] = None,
 ) -> None:
     """Train on DATA/train.csv, submit DATA/test.csv as a job, wait, and print accuracy and time per tier."""
+    from cascade.broker import labelled
+
     data = data or _default_dataset()
     if data is None:
         raise InputError("no dataset given and ../shared/datasets/banking77 does not exist; pass a folder")
     settings = Settings()
     if not (model / "manifest.json").exists():
         train(data / "train.csv", model)
-    with tempfile.TemporaryDirectory() as tmp:
-        jsonl = Path(tmp) / "test.jsonl"
-        n = _csv_to_jsonl(data / "test.csv", jsonl)
-        out.print(f"submitting {n} items from {data / 'test.csv'} (threshold {threshold})")
-        job_id = _submit(settings, jsonl, build_spec(settings, model, threshold=threshold, top_k=top_k))
-    out.print(job_id)
-    _finish(settings, job_id, as_json=False)
-
-
-def _csv_to_jsonl(source: Path, target: Path) -> int:
-    with source.open(newline="", encoding="utf-8") as f, target.open("w") as t:
-        n = 0
-        for n, row in enumerate(csv.DictReader(f), start=1):
-            item = {"custom_id": row.get("id") or f"{source.stem}-{n}", "text": row["text"], "label": row["label"]}
-            t.write(json.dumps(item) + "\n")
-    return n
+    store = _store(settings)
+    out.print(f"submitting the items of {data / 'test.csv'} (threshold {threshold})")
+    job = labelled.submit_labelled(settings, store, _enqueue(settings), data / "test.csv", model, threshold, top_k)
+    out.print(job.job_id)
+    _finish(settings, job.job_id, as_json=False)
 
 
 def _labelled_job(
-    settings: Settings, data: Path, model: Path, threshold: float, top_k: int | None, limit: int | None
-) -> tuple[JobStore, str, str]:
-    """Run a labelled CSV through a normal job (same workers and queues); returns the store, job id, checksum."""
-    from workers.data import read_labelled_csv
-    from workers.specialist import read_manifest
+    settings: Settings, data: Path, model: Path, threshold: float, top_k: int | None, limit: int | None = None
+) -> "LabelledJob":
+    from cascade.broker import labelled
 
-    labelled = read_labelled_csv(data)
-    known = set(read_manifest(model)["labels"])
-    unknown = sorted(set(labelled.labels) - known)
-    if unknown:
-        shown = ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else "")
-        raise InputError(f"{data}: {len(unknown)} label(s) the model at {model} does not know: {shown}")
-    n = len(labelled.texts) if limit is None else min(limit, len(labelled.texts))
-    with tempfile.TemporaryDirectory() as tmp:
-        jsonl = Path(tmp) / "labelled.jsonl"
-        with jsonl.open("w") as f:
-            for i in range(n):
-                f.write(
-                    json.dumps({"custom_id": f"row-{i + 2}", "text": labelled.texts[i], "label": labelled.labels[i]})
-                    + "\n"
-                )
-        job_id = _submit(settings, jsonl, build_spec(settings, model, threshold=threshold, top_k=top_k))
     store = _store(settings)
-    err.print(f"{job_id}: {n} labelled items, LLM asked below confidence {threshold:.3f}")
-    _wait(store, job_id)
-    if store.status(job_id) is not JobStatus.COMPLETED:
-        raise JobError(f"{job_id} ended {store.status(job_id).value}")
-    return store, job_id, labelled.sha256
+    job = labelled.submit_labelled(settings, store, _enqueue(settings), data, model, threshold, top_k, limit)
+    err.print(f"{job.job_id}: {job.items} labelled items, LLM asked below confidence {threshold:.3f}")
+    _wait(store, job.job_id)
+    return job
 
 
 @cli.command()
@@ -376,19 +372,12 @@ def calibrate(
     seed: int = 0,
 ) -> None:
     """Choose an escalation policy that meets an accuracy target with probability 1 - delta."""
-    import numpy as np
-
-    from workers import specialist
-    from workers.calibration import FitOptions, Identity, fit_policy
-    from workers.data import read_labelled_csv
-    from workers.evaluation import calibration_data
+    from cascade.broker import labelled
+    from cascade.workers.calibration import FitOptions
 
     settings = Settings()
-    texts = read_labelled_csv(data).texts
-    confidence = specialist.load(model).predict_proba(texts).max(axis=1)
-    cap = float(np.quantile(confidence, max_escalation)) if max_escalation < 1 else 1.0
-    store, job_id, checksum = _labelled_job(settings, data, model, cap, top_k, None)
-    cal = calibration_data(store.iter_results(job_id))
+    cap = labelled.escalation_cap(model, data, max_escalation)
+    job = _labelled_job(settings, data, model, cap, top_k)
     opts = FitOptions(
         target=target_accuracy,
         delta=delta,
@@ -398,22 +387,18 @@ def calibrate(
         explore_rate=explore,
         seed=seed,
     )
-    manifest = specialist.read_manifest(model)
-    fitted = fit_policy(cal, opts, Identity(manifest["model_sha256"], settings.llm_model, checksum))
+    fitted = labelled.calibrate(settings, _store(settings), job, opts)
     print_bands(out, fitted)
     out.print(fitted.message)
     if not fitted.reachable:
-        cert = fitted.certificate
-        share = cert.escalation_share if cert else 0.0
-        usd = share * fitted.mean_llm_tokens * 1000 * settings.llm_usd_per_million_tokens / 1e6
+        share = fitted.certificate.escalation_share if fitted.certificate else 0.0
+        usd = settings.prices().llm_usd_per_1000_items(fitted.mean_llm_tokens, share)
         out.print(
             f"its cost: about {fitted.mean_llm_tokens * share * 1000:,.0f} LLM tokens, ${usd:.4f}, per 1,000 "
             "items; no policy file written"
         )
         raise typer.Exit(1)
-    path = model / f"policy-{fitted.version}.json"
-    path.write_text(fitted.model_dump_json(indent=2) + "\n")
-    out.print(f"policy {fitted.version} written to {path}")
+    out.print(f"policy {fitted.version} written to {labelled.save_policy(fitted, model)}")
 
 
 @cli.command()
@@ -428,22 +413,15 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.png")] = Path("reports"),
 ) -> None:
     """Report all-specialist, all-LLM and the cascade at several targets: accuracy, share escalated, cost."""
-    from workers.calibration import Identity
-    from workers.evaluation import CostModel, calibration_data, plot
-    from workers.evaluation import evaluate as run_evaluation
-    from workers.policy import load_policy
-    from workers.specialist import read_manifest
+    from cascade.broker import labelled
+    from cascade.workers.evaluation import plot
+    from cascade.workers.policy import load_policy
 
     settings = Settings()
     chosen = load_policy(policy) if policy else None
-    store, job_id, checksum = _labelled_job(settings, data, model, 1.0, top_k, limit)
-    cal = calibration_data(store.iter_results(job_id))
-    view = store.get(job_id)
-    n_items = max(len(cal.confidence), 1)
-    cost = CostModel.from_settings(settings, view.specialist_seconds / n_items, view.llm_seconds / n_items)
-    ident = Identity(read_manifest(model)["model_sha256"], settings.llm_model, checksum)
+    job = _labelled_job(settings, data, model, 1.0, top_k, limit)
     levels = [float(t) for t in targets.split(",") if t.strip()]
-    report = run_evaluation(cal, cost, levels, delta, ident, chosen)
+    report = labelled.evaluation(settings, _store(settings), job, levels, delta, chosen)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     plot(report, out_dir / "report.png")

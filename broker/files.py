@@ -8,9 +8,8 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
-from broker.exceptions import NotFoundError
-
-FILE_PREFIX = "cascade:file:"  # hash: metadata of one uploaded file (owner, filename, bytes, purpose, created_at)
+from cascade.broker import keys
+from cascade.workers.errors import NotFoundError
 
 
 class FileObject(BaseModel):
@@ -42,14 +41,14 @@ class FileStore:
                 f.write(chunk)
                 size += len(chunk)
         meta = FileObject(id=file_id, bytes=size, created_at=int(time.time()), filename=filename, purpose=purpose)
-        key = FILE_PREFIX + file_id
+        key = keys.file(file_id)
         self.redis.hset(key, mapping={"owner": owner, "meta": meta.model_dump_json()})
         self.redis.expire(key, self.ttl)
         return meta
 
     def get(self, file_id: str, owner: str) -> FileObject:
         """The file's metadata; a file of another caller is as missing as one that never was."""
-        found, meta = self.redis.hmget(FILE_PREFIX + file_id, ["owner", "meta"])
+        found, meta = self.redis.hmget(keys.file(file_id), ["owner", "meta"])
         if found is None or str(found) != owner or meta is None:
             raise NotFoundError(f"no file {file_id!r}")
         return FileObject.model_validate_json(str(meta))

@@ -1,24 +1,13 @@
 """Input validation: each JSONL line becomes an ``Item`` or an ``ItemError`` naming its line and field.
 
-Pure: no Redis, no Celery. Duplicate ``custom_id``s are found by the job store (``JobStore.claim_ids``), so that
+Pure: no Redis, no Celery. Duplicate ``custom_id``s are found by the job store (``claim_ids``), so that
 the memory of reading a file does not grow with its length; ``duplicate`` makes their error.
 """
 
 import json
-from enum import Enum
 from typing import Any
 
-from broker.jobs import Item, ItemError
-
-
-class ErrorCode(str, Enum):
-    INVALID_UTF8 = "invalid_utf8"
-    INVALID_JSON = "invalid_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    INVALID_FIELD = "invalid_field"
-    DUPLICATE_ID = "duplicate_custom_id"
-    TEXT_TOO_LONG = "text_too_long"
+from cascade.workers.items import ErrorCode, Item, ItemError
 
 
 class Intake:
@@ -106,4 +95,4 @@ def duplicate(item: Item) -> ItemError:
 
 
 def _error(line_no: int, custom_id: str | None, code: ErrorCode, message: str) -> ItemError:
-    return ItemError(line=line_no, custom_id=custom_id, code=code.value, message=message)
+    return ItemError(line=line_no, custom_id=custom_id, code=code, message=message)

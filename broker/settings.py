@@ -3,6 +3,9 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cascade.workers.config import LLMConfig
+from cascade.workers.costs import Prices
+
 
 class Settings(BaseSettings):
     """Every setting Cascade reads. Nothing reads the environment at import time: build one and pass it in."""
@@ -54,6 +57,26 @@ class Settings(BaseSettings):
     """A policy file for the API's batches; empty: the threshold."""
     threshold: float = Field(default=0.5, ge=0, le=1)
     """Escalation threshold for the API's batches without a policy (metadata ``cascade_threshold`` overrides)."""
+
+    def llm_config(self) -> LLMConfig:
+        """The LLM client's part of the settings."""
+        return LLMConfig(
+            url=self.llm_url,
+            model=self.llm_model,
+            api_key=self.llm_api_key,
+            concurrency=self.llm_concurrency,
+            timeout=self.llm_timeout,
+            max_retries=self.llm_max_retries,
+            max_tokens=self.llm_max_tokens,
+        )
+
+    def prices(self) -> Prices:
+        """The cost model's part of the settings."""
+        return Prices(
+            usd_per_million_tokens=self.llm_usd_per_million_tokens,
+            cpu_usd_per_hour=self.cpu_usd_per_hour,
+            gpu_usd_per_hour=self.gpu_usd_per_hour,
+        )
 
     def owners(self) -> dict[str, str]:
         """Bearer token -> owner, from ``api_tokens``."""

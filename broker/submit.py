@@ -3,12 +3,16 @@
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from broker.exceptions import InputError
-from broker.intake import Intake, duplicate
-from broker.jobs import Item, ItemError, JobSpec, OnLLMError
-from broker.lifecycle import Sweep
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.intake import Intake, duplicate
+from cascade.broker.settings import Settings
+from cascade.workers import lifecycle
+from cascade.workers.errors import InputError
+from cascade.workers.items import Item, ItemError
+from cascade.workers.jobs import JobSpec, OnLLMError
+from cascade.workers.lifecycle import Sweep
+from cascade.workers.manifest import read_manifest
+from cascade.workers.policy import load_policy
+from cascade.workers.storage import JobStore
 
 Enqueue = Callable[[str, int], None]
 """Sends chunk ``index`` of job ``job_id`` to the specialist queue."""
@@ -93,8 +97,7 @@ def submit_file(
             chunk = []
     chunker.add(chunk)
     chunker.flush_refused()
-    if store.finish_intake(job_id, total, chunker.chunks) and sweep is not None:
-        sweep(job_id)
+    lifecycle.intake_finished(store, sweep, job_id, total, chunker.chunks)
     return job_id
 
 
@@ -110,14 +113,11 @@ def build_spec(
     explore: float | None = None,
 ) -> JobSpec:
     """A job's spec from a model folder and the options of `cascade submit` (or of an API batch)."""
-    from workers.policy import load_policy
-    from workers.specialist import read_manifest
-
     manifest = read_manifest(model)
     policy = None
     if policy_file is not None:
         policy = load_policy(policy_file)
-        if policy.specialist_sha256 != manifest["model_sha256"]:
+        if policy.specialist_sha256 != manifest.model_sha256:
             raise InputError(f"{policy_file}: calibrated for another specialist than {model}; calibrate again")
         if policy.llm_model != settings.llm_model:
             raise InputError(
@@ -128,7 +128,7 @@ def build_spec(
         policy = policy.model_copy(update={"explore_rate": rate})
     return JobSpec(
         model_path=str(model.resolve()),
-        model_sha256=manifest["model_sha256"],
+        model_sha256=manifest.model_sha256,
         threshold=threshold,
         top_k=settings.top_k if top_k is None else top_k,
         on_llm_error=on_llm_error,
@@ -136,6 +136,6 @@ def build_spec(
         policy=policy,
         max_escalation=max_escalation,
         max_llm_cost=max_llm_cost,
-        usd_per_llm_token=settings.llm_usd_per_million_tokens / 1e6,
-        usd_per_cpu_second=settings.cpu_usd_per_hour / 3600,
+        usd_per_llm_token=settings.prices().usd_per_token,
+        usd_per_cpu_second=settings.prices().usd_per_cpu_second,
     )

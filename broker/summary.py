@@ -2,8 +2,7 @@
 
 from pydantic import BaseModel
 
-from broker.jobs import JobView
-from broker.store import TierStats
+from cascade.workers.jobs import JobStats, JobView
 
 
 class TierSummary(BaseModel):
@@ -39,15 +38,14 @@ class Summary(BaseModel):
     """What sending every item to the LLM would have cost, at the job's measured cost per LLM request."""
 
 
-def summarize(
-    job: JobView, tiers: dict[str, TierStats], llm_errors: int, llm_usage: tuple[int, int] = (0, 0)
-) -> Summary:
+def summarize(job: JobView, stats: JobStats) -> Summary:
+    tiers, llm_errors = stats.tiers, stats.llm_errors
     labelled = sum(t.labelled for t in tiers.values())
     correct = sum(t.correct for t in tiers.values())
     specialist_correct = sum(t.specialist_correct for t in tiers.values())
     seconds = {"specialist": job.specialist_seconds, "llm": job.llm_seconds}
     valid = job.counts.completed + job.counts.failed
-    tokens, requests = llm_usage
+    tokens, requests = stats.llm_tokens, stats.llm_requests
     cost = {
         "specialist": job.specialist_seconds * job.spec.usd_per_cpu_second,
         "llm": tokens * job.spec.usd_per_llm_token,

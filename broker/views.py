@@ -5,11 +5,11 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from broker.summary import Summary
+from cascade.broker.summary import Summary
 
 if TYPE_CHECKING:
-    from workers.evaluation import Report
-    from workers.policy import Policy
+    from cascade.workers.evaluation import Report
+    from cascade.workers.policy import Policy
 
 
 def pct(x: float | None) -> str:

@@ -1,14 +1,16 @@
-"""Grafana dashboards as code: ``python -m monitoring.dashboards`` writes ``monitoring/dashboards/*.json``.
+"""Grafana dashboards as code: ``python -m cascade.monitoring.dashboards`` (from the repository's root) writes
+``monitoring/dashboards/*.json``.
 
 A test regenerates them and checks the files are current, and that every metric a panel queries is one that
-Cascade (``monitoring.metrics``), its recording rules, or vLLM (``monitoring.vllm_metrics``) exports.
+Cascade (``metrics``), its recording rules, or vLLM (``vllm_metrics``) exports.
 """
 
 import json
-from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).resolve().parent / "dashboards"
+from cascade.monitoring.files import DASHBOARDS as FOLDER
+from cascade.monitoring.files import checkout
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
@@ -140,10 +142,10 @@ def render() -> dict[str, str]:
 
 
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
+    out = checkout(FOLDER)
     for name, text in render().items():
-        (OUT / name).write_text(text)
-        print(f"wrote {OUT / name}")  # noqa: T201
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import httpx2
 import pytest
 import redis
 
-from broker.settings import Settings
-from broker.store import JobStore
-from workers import specialist
-from workers.data import read_labelled_csv
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers import specialist
+from cascade.workers.data import read_labelled_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -53,8 +53,8 @@ def redis_db(settings: Settings) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def store(settings: Settings, redis_db: redis.Redis) -> JobStore:
-    return JobStore(redis_db, settings.job_ttl)
+def store(settings: Settings, redis_db: redis.Redis) -> RedisJobStore:
+    return RedisJobStore(redis_db, settings.job_ttl)
 
 
 def dataset(name: str) -> Path:
@@ -155,7 +155,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerFactory]:
             proc.wait()
 
 
-def wait_for(store: JobStore, job_id: str, timeout: float = 600) -> None:
+def wait_for(store: RedisJobStore, job_id: str, timeout: float = 600) -> None:
     store.wait(job_id, timeout)
 
 

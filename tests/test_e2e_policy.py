@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.jobs import JobStatus
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers.items import Route
+from cascade.workers.jobs import JobStatus
+from cascade.workers.policy import load_policy
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
 from tests.test_queue_integration import export, submit
-from workers.policy import Route, load_policy
 
 pytestmark = pytest.mark.llm
 
@@ -119,7 +120,7 @@ def test_evaluation_report_shows_why(
 
 def test_job_under_policy_explores_and_records_the_policy(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     calibrated: Path,
     start_worker: WorkerFactory,
@@ -145,12 +146,12 @@ def test_job_under_policy_explores_and_records_the_policy(
         assert r["tier"] == "specialist"
         assert r["label"] == r["specialist_label"]
         assert r["llm_label"] in r["candidates"] or r["llm_error"]
-    assert store.routes(job)["explore"] == len(explored)
+    assert store.stats(job).routes["explore"] == len(explored)
 
 
 def test_budget_caps_escalation_per_chunk(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     vllm_server: str,
     start_worker: WorkerFactory,

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.jobs import JobStatus
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers import specialist
+from cascade.workers.jobs import JobStatus
+from cascade.workers.llm import LLMClient
+from cascade.workers.pipeline import run_llm_chunk, run_specialist_chunk
 from tests.conftest import WorkerFactory, banking_rows, wait_for, write_jsonl
 from tests.test_queue_integration import export, submit
-from workers import specialist
-from workers.llm import LLMClient
-from workers.pipeline import run_llm_chunk, run_specialist_chunk
 
 pytestmark = pytest.mark.llm
 
@@ -21,7 +21,7 @@ N_ITEMS = 800
 
 def test_banking77_job_escalates_unsure_items_to_the_llm(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     vllm_server: str,
     start_worker: WorkerFactory,
@@ -50,7 +50,7 @@ def test_banking77_job_escalates_unsure_items_to_the_llm(
         assert len(r["candidates"]) == 5  # type: ignore[arg-type]
         assert 0.0 <= float(r["llm_confidence"]) <= 1.0  # type: ignore[arg-type]
         assert r["label"] == r["llm_label"]
-    assert store.tier_stats(job)["llm"].answered == len(answered)
+    assert store.stats(job).tiers["llm"].answered == len(answered)
     # each task ran once: a message routed to both queues would run twice on this worker, which serves both
     logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
     n_chunks = -(-N_ITEMS // settings.chunk_size)
@@ -60,17 +60,17 @@ def test_banking77_job_escalates_unsure_items_to_the_llm(
 
 
 def test_chunk_run_twice_changes_nothing(
-    settings: Settings, store: JobStore, banking_model: Path, vllm_server: str, tmp_path: Path
+    settings: Settings, store: RedisJobStore, banking_model: Path, vllm_server: str, tmp_path: Path
 ) -> None:
     """The plain functions behind the tasks, called twice as a redelivery would: same records, same counts."""
-    from broker.jobs import JobSpec
-    from broker.submit import submit_file
-    from workers.specialist import read_manifest
+    from cascade.broker.submit import submit_file
+    from cascade.workers.jobs import JobSpec
+    from cascade.workers.manifest import read_manifest
 
     path = write_jsonl(tmp_path / "b77.jsonl", banking_rows(120))
     spec = JobSpec(
         model_path=str(banking_model),
-        model_sha256=read_manifest(banking_model)["model_sha256"],
+        model_sha256=read_manifest(banking_model).model_sha256,
         threshold=0.6,
         top_k=3,
         llm_model=settings.llm_model,
@@ -80,14 +80,14 @@ def test_chunk_run_twice_changes_nothing(
     model = specialist.load(banking_model)
 
     first = run_specialist_chunk(store, model, job, 0)
-    snapshot = sorted(store.iter_results(job), key=lambda r: str(r["custom_id"]))
+    snapshot = sorted(store.iter_results(job), key=lambda r: r.custom_id)
     again = run_specialist_chunk(store, model, job, 0)
     assert [e.custom_id for e in again] == [e.custom_id for e in first]
-    assert sorted(store.iter_results(job), key=lambda r: str(r["custom_id"])) == snapshot
+    assert sorted(store.iter_results(job), key=lambda r: r.custom_id) == snapshot
     assert first, "threshold 0.6 should escalate some of 120 Banking77 items"
 
     async def llm_twice() -> None:
-        async with LLMClient(settings) as client:
+        async with LLMClient(settings.llm_config()) as client:
             await run_llm_chunk(store, client, job, first)
             await run_llm_chunk(store, client, job, first)
 
@@ -95,14 +95,14 @@ def test_chunk_run_twice_changes_nothing(
     view = store.get(job)
     assert view.status is JobStatus.COMPLETED
     assert view.counts.completed + view.counts.failed == 120
-    assert store.tier_stats(job)["llm"].answered + store.llm_errors(job) <= len(first)
+    assert store.stats(job).tiers["llm"].answered + store.stats(job).llm_errors <= len(first)
     assert run_specialist_chunk(store, model, job, 0) == []  # the job ended: its chunks are gone
 
 
 def test_pinned_vllm_metric_names_are_exported_by_the_server(vllm_server: str) -> None:
     import httpx2
 
-    from monitoring.vllm_metrics import VLLM_METRICS
+    from cascade.monitoring.vllm_metrics import VLLM_METRICS
 
     text = httpx2.get(vllm_server.removesuffix("/v1") + "/metrics", timeout=10).text
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.jobs import JobStatus
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers.jobs import JobStatus
 from tests.conftest import (
     CASCADE,
     WorkerFactory,
@@ -48,7 +48,7 @@ def every_line_once(settings: Settings, job: str, n_lines: int, tmp_path: Path) 
 @pytest.mark.llm
 def test_worker_killed_mid_chunk_another_finishes(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     vllm_server: str,
     start_worker: WorkerFactory,
@@ -62,7 +62,7 @@ def test_worker_killed_mid_chunk_another_finishes(
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill while LLM chunks are in flight: some answered, not all
         view = store.get(job)
-        if store.tier_stats(job).get("llm") and view.counts.completed < len(rows) - 20:
+        if store.stats(job).tiers.get("llm") and view.counts.completed < len(rows) - 20:
             break
         time.sleep(0.2)
     assert store.get(job).status is JobStatus.IN_PROGRESS
@@ -78,7 +78,7 @@ def test_worker_killed_mid_chunk_another_finishes(
 
 
 def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
-    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     rows = sms_copies("s", 4)
     path = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -108,11 +108,11 @@ def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
 
 
 def test_worker_killed_during_intake_another_reads_the_file_once(
-    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     """The API's intake task: its worker SIGKILLed while reading a large file; the task is delivered again."""
-    from broker.celery_app import app, configure, send_intake
-    from broker.submit import build_spec
+    from cascade.broker.celery_app import app, configure, send_intake
+    from cascade.broker.submit import build_spec
 
     rows = sms_copies("i", 30)
     rows[10] = "{not json"
@@ -176,7 +176,7 @@ def test_redis_restarted_mid_job_loses_nothing(
     port = free_port()
     server = _redis_server(port, tmp_path)
     own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/1"})
-    store = JobStore.from_url(own.redis_url, own.job_ttl)
+    store = RedisJobStore.from_url(own.redis_url, own.job_ttl)
     rows = sms_copies("r", 6)
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     env = {"CASCADE_REDIS_URL": own.redis_url, "CASCADE_VISIBILITY_TIMEOUT": "5"}
@@ -204,7 +204,7 @@ def test_redis_restarted_mid_job_loses_nothing(
 @pytest.mark.llm
 def test_vllm_stopped_and_started_mid_job(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     vllm_server: str,
     start_worker: WorkerFactory,
@@ -220,7 +220,7 @@ def test_vllm_stopped_and_started_mid_job(
     start_worker(queues="specialist,llm", concurrency=1, CASCADE_LLM_MAX_RETRIES="6", CASCADE_LLM_TIMEOUT="20")
     job = submit(settings, path, banking_model, "--threshold", "0.9")
     deadline = time.monotonic() + 300
-    while not store.tier_stats(job).get("llm") and time.monotonic() < deadline:
+    while not store.stats(job).tiers.get("llm") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert store.get(job).status is JobStatus.IN_PROGRESS
     pid = int(pidfile.read_text())
@@ -256,11 +256,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_an_upload_the_worker_cannot_see_fails_its_batch_saying_why(
-    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     """A worker whose CASCADE_FILES_DIR is not the API's: the batch fails at once, not stuck validating."""
-    from broker.celery_app import app, configure, send_intake
-    from broker.submit import build_spec
+    from cascade.broker.celery_app import app, configure, send_intake
+    from cascade.broker.submit import build_spec
 
     write_jsonl(Path(settings.files_dir) / "file-elsewhere", [{"custom_id": "a", "text": "hello"}])
     job = store.create(build_spec(settings, sms_model))

@@ -5,9 +5,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from broker.jobs import JobStatus
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers.jobs import JobStatus
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, wait_for, write_jsonl
 
 
@@ -35,7 +35,7 @@ def export(settings: Settings, what: str, job: str, tmp_path: Path) -> list[dict
 
 
 def test_sms_job_comes_back_complete_with_bad_lines_in_errors(
-    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     rows = sms_rows()
     bad: dict[int, str] = {}  # 1-based line number -> expected error code
@@ -78,7 +78,7 @@ def test_sms_job_comes_back_complete_with_bad_lines_in_errors(
 
 
 def test_file_with_no_valid_line_fails_at_validating(
-    settings: Settings, store: JobStore, sms_model: Path, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, tmp_path: Path
 ) -> None:
     path = tmp_path / "garbage.jsonl"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary\nnot json\n")

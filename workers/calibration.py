@@ -29,8 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import beta
 
-from broker.exceptions import InputError
-from workers.policy import GLOBAL, Band, Certificate, Policy
+from cascade.workers.errors import InputError
+from cascade.workers.policy import GLOBAL, Band, Certificate, Policy, band_index
 
 SHRINK = 20.0
 """Pseudo-items pulling a class's band gain towards the band's global gain (per-class policies)."""
@@ -124,7 +124,7 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
     asked = ~np.isnan(data.llm_ok)
     cap = float(data.confidence[~asked].min()) if (~asked).any() else 1.0
     edges = _band_edges(data.confidence[sel], cap, opts.n_bands)
-    band_of = np.clip(np.searchsorted(edges, data.confidence, side="right") - 1, 0, len(edges) - 2)
+    band_of = band_index(edges, data.confidence)
     labels = np.asarray(data.predicted)
     unit_key = np.array(
         [f"{lab}|{b}" if opts.per_class else f"{GLOBAL}|{b}" for lab, b in zip(labels, band_of, strict=True)]

@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.exceptions import InputError
+from cascade.workers.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -14,31 +14,32 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
-from broker.exceptions import InputError
-from broker.settings import Settings
-from workers.calibration import CalibrationData, FitOptions, Identity, fit_policy
-from workers.policy import Policy
+from cascade.workers.calibration import CalibrationData, FitOptions, Identity, fit_policy
+from cascade.workers.costs import Prices
+from cascade.workers.errors import InputError
+from cascade.workers.items import ItemResult
+from cascade.workers.policy import Policy, band_index
 
 
-def calibration_data(results: Iterable[dict[str, Any]]) -> CalibrationData:
+def calibration_data(results: Iterable[ItemResult]) -> CalibrationData:
     """One row per result that carries a gold label. Where the LLM failed, its answer counts as the specialist's
     (what a job keeps), so the measured gain of escalating is never overstated."""
-    rows = sorted((r for r in results if r.get("gold") is not None), key=lambda r: int(r["line"]))
+    rows = sorted((r for r in results if r.gold is not None), key=lambda r: r.line)
     if not rows:
         raise InputError("no result carries a gold label")
-    spec_ok = np.array([r["specialist_label"] == r["gold"] for r in rows])
+    spec_ok = np.array([r.specialist_label == r.gold for r in rows])
     llm_ok = np.full(len(rows), np.nan)
     tokens = np.full(len(rows), np.nan)
     for i, r in enumerate(rows):
-        if r.get("llm_label") is not None:
-            llm_ok[i] = float(r["llm_label"] == r["gold"])
-            tokens[i] = float((r.get("llm_prompt_tokens") or 0) + (r.get("llm_completion_tokens") or 0))
-        elif r.get("llm_error"):
+        if r.llm_label is not None:
+            llm_ok[i] = float(r.llm_label == r.gold)
+            tokens[i] = float(r.llm_tokens)
+        elif r.llm_error:
             llm_ok[i] = float(spec_ok[i])
             tokens[i] = 0.0
     return CalibrationData(
-        confidence=np.array([float(r["specialist_confidence"]) for r in rows]),
-        predicted=[str(r["specialist_label"]) for r in rows],
+        confidence=np.array([r.specialist_confidence for r in rows]),
+        predicted=[r.specialist_label for r in rows],
         specialist_ok=spec_ok,
         llm_ok=llm_ok,
         llm_tokens=tokens,
@@ -55,13 +56,11 @@ class CostModel:
     """LLM worker time per escalated item (as measured by the evaluation job), at the GPU-hour price."""
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, specialist_seconds_per_item: float, llm_seconds_per_item: float
-    ) -> "CostModel":
+    def measured(cls, prices: Prices, specialist_seconds_per_item: float, llm_seconds_per_item: float) -> "CostModel":
         return cls(
-            settings.llm_usd_per_million_tokens / 1e6,
-            specialist_seconds_per_item * settings.cpu_usd_per_hour / 3600,
-            llm_seconds_per_item * settings.gpu_usd_per_hour / 3600,
+            prices.usd_per_token,
+            specialist_seconds_per_item * prices.usd_per_cpu_second,
+            llm_seconds_per_item * prices.usd_per_gpu_second,
         )
 
 
@@ -96,9 +95,8 @@ def point(name: str, data: CalibrationData, escalated: NDArray[np.bool_], cost: 
 
 
 def policy_mask(policy: Policy, data: CalibrationData) -> NDArray[np.bool_]:
-    return np.array(
-        [policy.band(c) in policy.escalated_bands(p) for c, p in zip(data.confidence, data.predicted, strict=True)]
-    )
+    bands = band_index(policy.edges, data.confidence)
+    return np.array([b in policy.escalated_bands(p) for b, p in zip(bands, data.predicted, strict=True)])
 
 
 def subset(data: CalibrationData, idx: NDArray[np.int_]) -> CalibrationData:

@@ -17,9 +17,9 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from broker.exceptions import LLMContractError, LLMError
-from broker.settings import Settings
-from monitoring.metrics import STAGE_SECONDS
+from cascade.monitoring.metrics import STAGE_SECONDS
+from cascade.workers.config import LLMConfig
+from cascade.workers.errors import LLMContractError, LLMError
 
 SYSTEM_PROMPT = (
     "You are a text classifier. Read the message and answer with exactly one label from the list, and nothing else."
@@ -86,18 +86,18 @@ class LLMClient:
     """Classifies texts among candidate labels with a vLLM server. Create and use it inside one event loop."""
 
     def __init__(
-        self, settings: Settings, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None
+        self, config: LLMConfig, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None
     ) -> None:
-        self.model = settings.llm_model
-        self.url = settings.llm_url
-        self.max_tokens = settings.llm_max_tokens
-        self.concurrency = settings.llm_concurrency
+        self.model = config.model
+        self.url = config.url
+        self.max_tokens = config.max_tokens
+        self.concurrency = config.concurrency
         self.top_logprobs = top_logprobs
         self._client = AsyncOpenAI(
-            base_url=settings.llm_url,
-            api_key=settings.llm_api_key,
-            timeout=settings.llm_timeout,
-            max_retries=settings.llm_max_retries,
+            base_url=config.url,
+            api_key=config.api_key,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
             http_client=http_client,
         )
 

@@ -1,6 +1,7 @@
-"""The path of one chunk, top to bottom: load → specialist → policy → (LLM) → result → store.
+"""The path of one chunk, top to bottom: load → specialist → policy → (LLM) → result → store → metrics.
 
-Plain functions: the Celery tasks in ``workers.tasks`` only wrap them, and tests call them without a broker.
+Plain functions over the ``JobStore`` contract: the Celery tasks in ``cascade.workers.tasks`` only wrap them, and
+unit tests call them with the in-memory store, without Redis or a broker.
 """
 
 import math
@@ -10,30 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel
 
-from broker.exceptions import LLMError
-from broker.jobs import EndCode, Item, ItemError, ItemResult, JobSpec, JobStatus, OnLLMError, Tier
-from broker.store import JobStore, Recorded
-from monitoring import metrics, observe
-from workers.llm import LLMAnswer, LLMClient, estimate_tokens
-from workers.policy import Route, route, route_with_policy, within_budget
-from workers.specialist import Specialist, top_candidates
-
-
-class Escalation(BaseModel):
-    """An item on its way to the LLM, with what the specialist said about it."""
-
-    custom_id: str
-    line: int
-    text: str
-    gold: str | None
-    specialist_label: str
-    specialist_confidence: float
-    candidates: list[str]
-    route: Route = Route.ESCALATE
-    """``explore``: the LLM is asked to measure it, the specialist's answer stays final."""
-    sampling_probability: float | None = None
+from cascade.monitoring import metrics
+from cascade.workers import instrument, lifecycle
+from cascade.workers.errors import LLMError
+from cascade.workers.items import ErrorCode, Escalation, Item, ItemError, ItemResult, Route, Tier
+from cascade.workers.jobs import JobSpec, OnLLMError
+from cascade.workers.llm import LLMAnswer, LLMClient, estimate_tokens
+from cascade.workers.policy import by_value, route, route_with_policy, within_budget
+from cascade.workers.specialist import Specialist, top_candidates
+from cascade.workers.storage import JobStore
 
 
 def _correct(label: str, gold: str | None) -> bool | None:
@@ -88,7 +75,11 @@ def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemR
     An explored item keeps the specialist's answer whatever the job's policy: its LLM answer was never final."""
     if on_error is OnLLMError.FAIL and esc.route is not Route.EXPLORE:
         return ItemError(
-            line=esc.line, custom_id=esc.custom_id, code="llm_error", message=str(error), llm_error_kind=error.kind
+            line=esc.line,
+            custom_id=esc.custom_id,
+            code=ErrorCode.LLM_ERROR,
+            message=str(error),
+            llm_error_kind=error.kind,
         )
     return ItemResult(
         custom_id=esc.custom_id,
@@ -155,7 +146,7 @@ def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None)
         max_items = math.floor(spec.max_escalation * len(decisions))
     kept = within_budget(gains, costs, max_items, math.inf)
     if spec.max_llm_cost is not None and reserve is not None:
-        kept = sorted(kept, key=lambda k: (-gains[k] / max(costs[k], 1e-12), k))
+        kept = [kept[i] for i in by_value([gains[k] for k in kept], [costs[k] for k in kept])]
         kept = kept[: reserve([costs[k] for k in kept])]
     return {wanted[k] for k in kept}
 
@@ -191,38 +182,6 @@ def split_chunk(
     return accepted, escalated
 
 
-def fail_chunk(store: JobStore, job_id: str, index: int, code: str, message: str) -> None:
-    """Record every item of a chunk that has no record yet as failed (the store keeps the first record of each),
-    when the chunk cannot be processed at all or its job ends early. Each message names its line."""
-    errors = [
-        ItemError(line=i.line, custom_id=i.custom_id, code=code, message=f"line {i.line}: {message}")
-        for i in store.chunk(job_id, index)
-    ]
-    recorded = store.record(job_id, errors=errors)
-    observe.failed_items(recorded.errors, tier="specialist")
-    _finished(store, job_id, recorded)
-
-
-def sweep_job(store: JobStore, job_id: str) -> JobStatus | None:
-    """End a job that is ending early: every item still without a record goes to the error file with the end's
-    code, then the job takes its final status (cancelled, expired). Running it again changes nothing. Returns the
-    final status, or None when the job was not ending."""
-    final = store.ending(job_id)
-    if final is None:
-        return None
-    code = EndCode.CANCELLED if final is JobStatus.CANCELLED else EndCode.EXPIRED
-    for index in range(store.chunk_count(job_id)):
-        fail_chunk(store, job_id, index, code.value, f"the batch was {final.value} before this item was processed")
-    if store.end(job_id, final):
-        observe.job_finished(store.invalid_count(job_id))
-    return final
-
-
-def _finished(store: JobStore, job_id: str, recorded: Recorded) -> None:
-    if recorded.finished:
-        observe.job_finished(store.invalid_count(job_id))
-
-
 def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, index: int) -> list[Escalation]:
     """Answer a stored chunk's confident items; return the escalations still without a record."""
     if not store.status(job_id).accepts_work:  # ended, or ending: its sweep takes the items
@@ -248,8 +207,8 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
     seconds = time.perf_counter() - start
     store.add_seconds(job_id, "specialist", seconds)
     sent = [(e.route, e.specialist_confidence) for e in escalated if e.custom_id in new]
-    observe.specialist_chunk(spec, recorded, sent, seconds, spec.usd_per_cpu_second)
-    _finished(store, job_id, recorded)
+    instrument.specialist_chunk(spec, recorded.results, sent, seconds)
+    lifecycle.finished(store, job_id, recorded)
     # A chunk that runs again sends on only what has no record yet.
     pending = set(store.unrecorded(job_id, [e.custom_id for e in escalated]))
     return [e for e in escalated if e.custom_id in pending]
@@ -288,5 +247,6 @@ async def run_llm_chunk(store: JobStore, client: LLMClient, job_id: str, escalat
         metrics.IN_FLIGHT.labels(tier="llm").dec(len(todo))
     seconds = time.perf_counter() - start
     store.add_seconds(job_id, "llm", seconds)
-    observe.llm_chunk(spec, recorded, seconds)
-    _finished(store, job_id, recorded)
+    instrument.llm_answers(spec, recorded.results, recorded.errors)
+    instrument.llm_chunk_seconds(seconds)
+    lifecycle.finished(store, job_id, recorded)

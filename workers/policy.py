@@ -8,31 +8,21 @@ Two forms of rule:
 Budgets rank a chunk's escalations by expected gain per unit of cost (``within_budget``).
 """
 
-import bisect
 import hashlib
 import json
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.exceptions import InputError
+from cascade.workers.errors import InputError
+from cascade.workers.items import Route
 
 POLICY_FORMAT = "cascade-policy/1"
 GLOBAL = "*"
 """Key of the escalated bands that apply to every class (a global policy)."""
-
-
-class Route(str, Enum):
-    ACCEPT = "accept"
-    """The specialist's answer is final."""
-    ESCALATE = "escalate"
-    """The item goes to the LLM, whose answer is final."""
-    EXPLORE = "explore"
-    """The specialist's answer is final, and the LLM is asked too, to keep the tiers' accuracy measured."""
-    ABSTAIN = "abstain"
-    """Neither tier is likely right: the item goes to the abstain list for human review."""
 
 
 def route(confidence: float, threshold: float) -> Route:
@@ -100,7 +90,7 @@ class Policy(BaseModel):
     """Measured prompt + completion tokens per LLM request, for the cost model."""
 
     def band(self, confidence: float) -> int:
-        return min(max(bisect.bisect_right(self.edges, confidence) - 1, 0), len(self.edges) - 2)
+        return int(band_index(self.edges, confidence))
 
     def escalated_bands(self, label: str) -> list[int]:
         return self.escalate.get(label, self.escalate.get(GLOBAL, []))
@@ -108,6 +98,21 @@ class Policy(BaseModel):
     def gain(self, label: str, confidence: float) -> float:
         b = self.band(confidence)
         return self.gains.get(f"{label}|{b}", self.gains.get(f"{GLOBAL}|{b}", 0.0))
+
+
+def band_index(edges: Sequence[float], confidence: ArrayLike) -> NDArray[np.int_]:
+    """The band of each confidence: band i is [edges[i], edges[i+1]), the last band closed at 1. The one lookup
+    used by calibration (which measures the bands) and by routing (which applies them): they must agree for the
+    guarantee to hold."""
+    found = np.searchsorted(np.asarray(edges), np.asarray(confidence, dtype=float), side="right") - 1
+    return np.clip(found, 0, len(edges) - 2)
+
+
+def by_value(gains: Sequence[float], costs: Sequence[float]) -> list[int]:
+    """Indices ordered by expected gain per unit of cost, best first (ties: input order). Budgets spend in it."""
+    if len(gains) != len(costs):
+        raise ValueError("gains and costs differ in length")
+    return sorted(range(len(gains)), key=lambda i: (-gains[i] / max(costs[i], 1e-12), i))
 
 
 def sampled(custom_id: str, rate: float) -> bool:
@@ -131,12 +136,9 @@ def route_with_policy(policy: Policy, custom_id: str, label: str, confidence: fl
 
 def within_budget(gains: Sequence[float], costs: Sequence[float], max_items: int, max_cost: float) -> list[int]:
     """Indices of the escalations to keep: largest expected gain per unit of cost first, within both limits."""
-    if len(gains) != len(costs):
-        raise ValueError("gains and costs differ in length")
-    order = sorted(range(len(gains)), key=lambda i: (-gains[i] / max(costs[i], 1e-12), i))
     kept: list[int] = []
     spent = 0.0
-    for i in order:
+    for i in by_value(gains, costs):
         if len(kept) >= max_items:
             break
         if spent + costs[i] > max_cost:

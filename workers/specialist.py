@@ -6,14 +6,10 @@ the manifest is Cascade's, that the model file's checksum matches it, that the l
 running now, and that the file holds only the types in ``TRUSTED_TYPES``. Anything else is refused.
 """
 
-import hashlib
-import json
 import platform
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import skops.io as sio
@@ -24,12 +20,18 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from broker.exceptions import InputError, ModelError
+from cascade.workers.errors import InputError, ModelError
+from cascade.workers.manifest import (
+    FORMAT,
+    MANIFEST_FILE,
+    HoldoutMetrics,
+    Manifest,
+    file_sha256,
+    library_versions,
+    read_manifest,
+)
 
-FORMAT = "cascade-specialist/1"
 MODEL_FILE = "model.skops"
-MANIFEST_FILE = "manifest.json"
-VERSIONED = ("scikit-learn", "skops", "numpy", "scipy")
 
 # Types skops does not trust by default that a Cascade specialist holds. Nothing else is loaded.
 TRUSTED_TYPES = [
@@ -53,21 +55,17 @@ def build_pipeline(seed: int = 0) -> Pipeline:
     )
 
 
-def library_versions() -> dict[str, str]:
-    return {name: version(name) for name in VERSIONED}
-
-
 @dataclass(frozen=True)
 class Specialist:
     """A loaded, verified specialist."""
 
     pipeline: Pipeline
-    manifest: dict[str, Any]
+    manifest: Manifest
     sha256: str
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     def predict_proba(self, texts: list[str]) -> NDArray[np.float64]:
         proba: NDArray[np.float64] = self.pipeline.predict_proba(texts)
@@ -118,37 +116,23 @@ def save(report: TrainReport, folder: str | Path, data_sha256: str) -> Path:
         raise ModelError(f"the pipeline holds types Cascade would refuse to load: {sorted(unexpected)}")
     model_path = folder / MODEL_FILE
     sio.dump(report.pipeline, model_path)
-    manifest = {
-        "format": FORMAT,
-        "created_at": time.time(),
-        "labels": report.labels,
-        "metrics": {
-            "holdout_accuracy": report.holdout_accuracy,
-            "n_train": report.n_train,
-            "n_holdout": report.n_holdout,
-            "train_seconds": report.seconds,
-        },
-        "data_sha256": data_sha256,
-        "model_sha256": _sha256(model_path),
-        "versions": library_versions(),
-        "python": platform.python_version(),
-    }
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = Manifest(
+        format=FORMAT,
+        created_at=time.time(),
+        labels=report.labels,
+        metrics=HoldoutMetrics(
+            holdout_accuracy=report.holdout_accuracy,
+            n_train=report.n_train,
+            n_holdout=report.n_holdout,
+            train_seconds=report.seconds,
+        ),
+        data_sha256=data_sha256,
+        model_sha256=file_sha256(model_path),
+        versions=library_versions(),
+        python=platform.python_version(),
+    )
+    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     return folder
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise ModelError(f"{folder}: no {MANIFEST_FILE}; not a model folder written by `cascade train`")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a Cascade specialist manifest (format must be {FORMAT!r})")
-    return manifest
 
 
 def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
@@ -158,13 +142,13 @@ def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
     model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ModelError(f"{folder}: no {MODEL_FILE}")
-    digest = _sha256(model_path)
-    if digest != manifest.get("model_sha256"):
+    digest = file_sha256(model_path)
+    if digest != manifest.model_sha256:
         raise ModelError(f"{model_path}: checksum {digest[:12]}… does not match the manifest; the file was altered")
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelError(f"{model_path}: checksum {digest[:12]}… is not the model this job was submitted with")
     running = library_versions()
-    saved = manifest.get("versions", {})
+    saved = manifest.versions
     mismatched = [f"{k} {saved.get(k)} (running {v})" for k, v in running.items() if saved.get(k) != v]
     if mismatched:
         raise ModelError(f"{folder}: saved with other library versions: {', '.join(mismatched)}; retrain it")
@@ -176,7 +160,7 @@ def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
         pipeline = sio.load(model_path, trusted=sorted(untrusted))
     except Exception as e:  # skops raises many kinds on a damaged file
         raise ModelError(f"{model_path}: cannot be loaded ({e})") from e
-    if not isinstance(pipeline, Pipeline) or [str(c) for c in pipeline.classes_] != manifest.get("labels"):
+    if not isinstance(pipeline, Pipeline) or [str(c) for c in pipeline.classes_] != manifest.labels:
         raise ModelError(f"{model_path}: its labels do not match the manifest")
     return Specialist(pipeline=pipeline, manifest=manifest, sha256=digest)
 
@@ -187,11 +171,3 @@ def top_candidates(proba: NDArray[np.float64], labels: list[str], k: int) -> lis
     if k > 0:
         order = order[:k]
     return [labels[i] for i in order]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

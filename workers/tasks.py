@@ -10,19 +10,17 @@ import redis
 from celery.signals import worker_process_shutdown
 from prometheus_client import multiprocess
 
-from broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
-from broker.exceptions import CascadeError, ModelError
-from broker.files import FileStore
-from broker.jobs import JobStatus
-from broker.lifecycle import expire_if_due
-from broker.settings import Settings
-from broker.store import JobStore
-from broker.submit import submit_file
-from monitoring import observe
-from monitoring.metrics import QUEUE_WAIT
-from workers import specialist as specialist_model
-from workers.llm import LLMClient
-from workers.pipeline import Escalation, fail_chunk, run_llm_chunk, run_specialist_chunk, sweep_job
+from cascade.broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
+from cascade.broker.files import FileStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.broker.submit import submit_file
+from cascade.workers import instrument, lifecycle
+from cascade.workers import specialist as specialist_model
+from cascade.workers.errors import CascadeError, ModelError
+from cascade.workers.items import ErrorCode, Escalation
+from cascade.workers.llm import LLMClient
+from cascade.workers.pipeline import run_llm_chunk, run_specialist_chunk
 
 # Redis unreachable: the task is retried with backoff until Redis answers again.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
@@ -34,11 +32,6 @@ def _settings() -> Settings:
     return app.settings
 
 
-def _waited(queue: str, sent_at: float | None) -> None:
-    if sent_at is not None:
-        QUEUE_WAIT.labels(queue=queue).observe(max(time.time() - sent_at, 0.0))
-
-
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
 def _process_gone(**_: object) -> None:
     """A pool process exits: drop its live gauges from the multiprocess directory."""
@@ -47,8 +40,8 @@ def _process_gone(**_: object) -> None:
 
 
 @lru_cache(maxsize=1)
-def _store(url: str, ttl: int) -> JobStore:
-    return JobStore.from_url(url, ttl)
+def _store(url: str, ttl: int) -> RedisJobStore:
+    return RedisJobStore.from_url(url, ttl)
 
 
 @lru_cache(maxsize=4)
@@ -75,52 +68,50 @@ def intake_file(job_id: str, file_id: str) -> None:
             f"input file {file_id} is not in {path.parent} on this worker: CASCADE_FILES_DIR must be shared by "
             "the API and the specialist workers"
         )
-        store.end(job_id, JobStatus.FAILED, error=message)
+        lifecycle.fail_job(store, job_id, message)
         return
     enqueue = partial(send_specialist_chunk, app)
     try:
         submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
     except (OSError, CascadeError) as e:  # a file that cannot be read: the batch fails saying why, not stuck
-        store.end(job_id, JobStatus.FAILED, error=f"reading input file {file_id} failed: {e}")
-        return
-    if store.status(job_id) is JobStatus.FAILED:  # no valid line: the job ended here, not in a chunk
-        observe.job_finished(store.invalid_count(job_id))
+        lifecycle.fail_job(store, job_id, f"reading input file {file_id} failed: {e}")
 
 
 @app.task(name=TaskName.SWEEP.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
 def sweep(job_id: str) -> None:
     settings = _settings()
-    sweep_job(_store(settings.redis_url, settings.job_ttl), job_id)
+    lifecycle.sweep_job(_store(settings.redis_url, settings.job_ttl), job_id)
 
 
 @app.task(name=TaskName.SPECIALIST.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
 def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> int:
-    _waited("specialist", sent_at)
+    instrument.queue_waited("specialist", sent_at, time.time())
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
-    expire_if_due(store, _sweep, job_id)
+    lifecycle.expire_if_due(store, _sweep, job_id)
     spec = store.spec(job_id)
     try:
         model = _specialist(spec.model_path, spec.model_sha256)
     except ModelError as e:  # every item of the chunk still ends in exactly one place: the error file
-        fail_chunk(store, job_id, index, "model_error", str(e))
+        lifecycle.fail_chunk(store, job_id, index, ErrorCode.MODEL_ERROR, str(e))
         return 0
     escalations = run_specialist_chunk(store, model, job_id, index)
     if escalations:
-        send_llm_chunk(app, job_id, [e.model_dump() for e in escalations])
+        send_llm_chunk(app, job_id, escalations)
     return len(escalations)
 
 
 @app.task(name=TaskName.LLM.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
 def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None) -> None:
-    _waited("llm", sent_at)
+    """``escalations``: ``Escalation`` records as JSON (the message body); validated back into records here."""
+    instrument.queue_waited("llm", sent_at, time.time())
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
-    expire_if_due(store, _sweep, job_id)  # a job whose specialist chunks are all done still expires
+    lifecycle.expire_if_due(store, _sweep, job_id)  # a job whose specialist chunks are all done still expires
     items = [Escalation.model_validate(e) for e in escalations]
 
     async def run() -> None:
-        async with LLMClient(settings) as client:
+        async with LLMClient(settings.llm_config()) as client:
             await run_llm_chunk(store, client, job_id, items)
 
     asyncio.run(run())

@@ -14,8 +14,8 @@ import openai
 import pytest
 from openai.types import Batch
 
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, write_jsonl
 
 TOKENS = "tok-a=team-a,tok-b=team-b"
@@ -178,7 +178,7 @@ def test_api_serves_metrics_for_prometheus(api_url: str, tmp_path: Path) -> None
 
 
 def test_a_batch_survives_its_api_process_killed_right_after_creation(
-    settings: Settings, store: JobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
     """The API only stores the file and enqueues the intake: a worker reads it, whatever becomes of the API."""
     proc, url = start_api(settings, sms_model, tmp_path / "api.log")

@@ -1,5 +1,5 @@
-from broker.celery_app import CascadeCelery, QueueName, configure
-from broker.settings import Settings
+from cascade.broker.celery_app import CascadeCelery, QueueName, configure
+from cascade.broker.settings import Settings
 
 
 def test_each_queue_has_its_own_exchange_and_routing_key() -> None:

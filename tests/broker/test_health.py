@@ -5,16 +5,16 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from broker import api
-from broker.store import JobStore
+from cascade.broker import api
+from cascade.broker.store import RedisJobStore
 
 
-def test_health_is_ok_while_redis_answers(store: JobStore) -> None:
+def test_health_is_ok_while_redis_answers(store: RedisJobStore) -> None:
     assert api.health(SimpleNamespace(store=store)) == {"status": "ok"}
 
 
 def test_health_fails_while_redis_does_not_answer() -> None:
-    unreachable = JobStore.from_url("redis://127.0.0.1:1/15", job_ttl=60)
+    unreachable = RedisJobStore.from_url("redis://127.0.0.1:1/15", job_ttl=60)
     with pytest.raises(redis.ConnectionError):
         api.health(SimpleNamespace(store=unreachable))
     unreachable.redis.close()

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from broker.intake import ErrorCode, Intake
-from broker.jobs import Item, ItemError
+from cascade.broker.intake import Intake
+from cascade.workers.items import ErrorCode, Item, ItemError
 
 
 def parse(intake: Intake, n: int, line: str | bytes) -> Item | ItemError:

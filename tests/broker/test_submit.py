@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 
-from broker.intake import ErrorCode
-from broker.jobs import JobSpec, JobStatus
-from broker.lifecycle import cancel
-from broker.settings import Settings
-from broker.store import JobStore
-from broker.submit import submit_file
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.broker.submit import submit_file
+from cascade.workers.items import ErrorCode
+from cascade.workers.jobs import JobSpec, JobStatus
+from cascade.workers.lifecycle import cancel, sweep_job
 from tests.conftest import write_jsonl
-from workers.pipeline import sweep_job
 
 SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_model="x")
 
@@ -19,7 +18,7 @@ def lines(n: int) -> list[dict[str, object] | str]:
     return [{"custom_id": f"c{i}", "text": f"text {i}"} for i in range(n)]
 
 
-def test_duplicates_are_refused_after_the_first_across_chunks(store: JobStore, tmp_path: Path) -> None:
+def test_duplicates_are_refused_after_the_first_across_chunks(store: RedisJobStore, tmp_path: Path) -> None:
     rows = [*lines(3), {"custom_id": "c0", "text": "again"}, {"custom_id": "d", "text": "x" * 80}, *lines(5)[3:]]
     rows.append({"custom_id": "d", "text": "a refused line does not reserve its custom_id"})
     sent: list[int] = []
@@ -30,14 +29,14 @@ def test_duplicates_are_refused_after_the_first_across_chunks(store: JobStore, t
         write_jsonl(tmp_path / "in.jsonl", rows),
         SPEC,
     )
-    errors = {e["line"]: e["code"] for e in store.iter_errors(job)}
+    errors = {e.line: e.code for e in store.iter_errors(job)}
     assert errors == {4: ErrorCode.DUPLICATE_ID.value, 5: ErrorCode.TEXT_TOO_LONG.value}
     items = [item for i in sent for item in store.chunk(job, i)]
     assert [i.custom_id for i in items] == ["c0", "c1", "c2", "c3", "c4", "d"]
     assert store.get(job).counts.total == 8
 
 
-def test_an_intake_that_runs_again_enqueues_only_what_it_had_not(store: JobStore, tmp_path: Path) -> None:
+def test_an_intake_that_runs_again_enqueues_only_what_it_had_not(store: RedisJobStore, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [*lines(5), "{broken", {"custom_id": "c1", "text": "dup"}])
     settings = Settings(chunk_size=2)
     job = store.create(SPEC)
@@ -52,12 +51,14 @@ def test_an_intake_that_runs_again_enqueues_only_what_it_had_not(store: JobStore
     submit_file(store, lambda _, i: again.append(i), settings, path, SPEC, job)
     assert again == [1, 2]
     assert [store.chunk(job, i) for i in first] == chunks
-    assert sorted(e["line"] for e in store.iter_errors(job)) == [6, 7]  # the same two refusals, once each
+    assert sorted(e.line for e in store.iter_errors(job)) == [6, 7]  # the same two refusals, once each
     view = store.get(job)
     assert (view.status, view.counts.total, view.counts.failed) == (JobStatus.IN_PROGRESS, 7, 2)
 
 
-def test_a_job_cancelled_while_its_input_is_read_is_swept_when_it_is_stored(store: JobStore, tmp_path: Path) -> None:
+def test_a_job_cancelled_while_its_input_is_read_is_swept_when_it_is_stored(
+    store: RedisJobStore, tmp_path: Path
+) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [*lines(5), "{broken"])
     job = store.create(SPEC)
     swept: list[str] = []
@@ -72,7 +73,7 @@ def test_a_job_cancelled_while_its_input_is_read_is_swept_when_it_is_stored(stor
     assert sweep_job(store, job) is None  # delivered again: nothing more
     view = store.get(job)
     assert (view.status, view.counts.completed, view.counts.failed, view.counts.total) == (JobStatus.CANCELLED, 0, 6, 6)
-    codes = sorted((e["line"], e["code"]) for e in store.iter_errors(job))
+    codes = sorted((e.line, e.code) for e in store.iter_errors(job))
     assert codes == [
         (1, "batch_cancelled"),
         (2, "batch_cancelled"),

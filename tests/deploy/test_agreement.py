@@ -9,11 +9,11 @@ import typer
 import yaml
 from openai._constants import MAX_RETRY_DELAY
 
-from broker import api, cli
-from broker.celery_app import QueueName
-from broker.settings import Settings
-from monitoring.metrics import QUEUE_LENGTH, QUEUE_RESERVED
-from monitoring.vllm_metrics import VLLM_METRICS
+from cascade.broker import api, cli
+from cascade.broker.celery_app import QueueName
+from cascade.broker.settings import Settings
+from cascade.monitoring.metrics import QUEUE_LENGTH, QUEUE_RESERVED
+from cascade.monitoring.vllm_metrics import VLLM_METRICS
 from tests.deploy.manifests import PREFIX, ROOT, Rendered, container, containers, named_port, option, pod
 
 WORKERS = ("cascade-specialist-worker", "cascade-llm-worker")

@@ -8,10 +8,10 @@ from pathlib import Path
 from kombu.message import Message
 from prometheus_client import CollectorRegistry, generate_latest
 
-from broker.celery_app import CascadeCelery, QueueName, configure, send_llm_chunk
-from broker.settings import Settings
-from broker.store import JobStore
-from monitoring.exporter import CompactingCollector, JobsCollector, compact_dead
+from cascade.broker.celery_app import CascadeCelery, QueueName, configure, send_llm_chunk
+from cascade.broker.collector import CompactingCollector, JobsCollector, compact_dead
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
 
 CHILD = """
 from prometheus_client import Counter, Histogram
@@ -48,7 +48,7 @@ def test_dead_processes_are_compacted_and_counts_kept(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.db"))) == 2
 
 
-def test_reserved_tasks_are_counted_by_queue(settings: Settings, store: JobStore) -> None:
+def test_reserved_tasks_are_counted_by_queue(settings: Settings, store: RedisJobStore) -> None:
     """Against Celery's own Redis transport: a task delivered to a consumer and not acknowledged counts as reserved
     in its queue, not as waiting, until it is acknowledged (deploy/'s worker autoscaling counts both)."""
     celery = configure(CascadeCelery("reserved-test"), settings)

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from monitoring import metrics, prometheus_rule
-from monitoring.vllm_metrics import VLLM_METRICS
+from cascade.monitoring import metrics, prometheus_rule
+from cascade.monitoring.vllm_metrics import VLLM_METRICS
 
-RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules"
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "monitoring" / "rules"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -73,13 +74,14 @@ def test_rules_query_only_metrics_that_exist() -> None:
 def test_dashboards_are_current_and_query_only_metrics_that_exist() -> None:
     import json
 
-    from monitoring.dashboards import OUT, render
+    from cascade.monitoring.dashboards import render
 
     rules = yaml.safe_load((RULES / "cascade.rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     known = exported_series() | VLLM_METRICS | {f"{n}_bucket" for n in VLLM_METRICS} | recorded
     for name, text in render().items():
-        assert (OUT / name).read_text() == text, f"{name} is stale: run python -m monitoring.dashboards"
+        stale = f"{name} is stale: run python -m cascade.monitoring.dashboards"
+        assert (ROOT / "monitoring" / "dashboards" / name).read_text() == text, stale
         dashboard = json.loads(text)
         queried: set[str] = set()
         for panel in dashboard["panels"]:
@@ -93,7 +95,21 @@ def test_dashboards_are_current_and_query_only_metrics_that_exist() -> None:
 
 
 def test_the_prometheus_rule_for_kubernetes_is_current() -> None:
-    """deploy/ ships the rules wrapped as a PrometheusRule: regenerate with `python -m monitoring.prometheus_rule`."""
-    wrapped = prometheus_rule.render(prometheus_rule.SOURCE.read_text())
-    assert prometheus_rule.OUT.read_text() == wrapped, "run `python -m monitoring.prometheus_rule`"
-    assert yaml.safe_load(wrapped)["spec"] == yaml.safe_load(prometheus_rule.SOURCE.read_text())
+    """deploy/ ships the rules wrapped as a PrometheusRule: regenerate with
+    `python -m cascade.monitoring.prometheus_rule`."""
+    source = (RULES / prometheus_rule.SOURCE).read_text()
+    wrapped = prometheus_rule.render(source)
+    assert (RULES / prometheus_rule.OUT).read_text() == wrapped, "run `python -m cascade.monitoring.prometheus_rule`"
+    assert yaml.safe_load(wrapped)["spec"] == yaml.safe_load(source)
+
+
+def test_generators_write_into_the_checkout_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run outside a checkout, a generator refuses (it never writes next to an installed package)."""
+    from cascade.monitoring import dashboards
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="repository's root"):
+        dashboards.main()
+    (tmp_path / "monitoring" / "dashboards").mkdir(parents=True)
+    dashboards.main()
+    assert sorted(p.name for p in (tmp_path / "monitoring" / "dashboards").iterdir()) == sorted(dashboards.DASHBOARDS)

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from broker.jobs import JobStatus
-from broker.settings import Settings
-from broker.store import JobStore
+from cascade.broker.settings import Settings
+from cascade.broker.store import RedisJobStore
+from cascade.workers.jobs import JobStatus
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, wait_for, write_jsonl
 from tests.test_queue_integration import export, submit
 
@@ -79,7 +79,7 @@ def eventually(url: str, expr: str, expected: float, timeout: float = 30) -> flo
 
 def test_prometheus_sees_what_the_job_did(
     settings: Settings,
-    store: JobStore,
+    store: RedisJobStore,
     banking_model: Path,
     vllm_server: str,
     start_worker: WorkerFactory,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from workers import specialist
-from workers.calibration import Bound, CalibrationData, FitOptions, Identity, fit_policy
-from workers.data import read_labelled_csv
-from workers.policy import Policy
+from cascade.workers import specialist
+from cascade.workers.calibration import Bound, CalibrationData, FitOptions, Identity, fit_policy
+from cascade.workers.data import read_labelled_csv
+from cascade.workers.policy import Policy
 
 IDENTITY = Identity(specialist_sha256="sim", llm_model="simulated-llm", calibration_sha256="sim")
 

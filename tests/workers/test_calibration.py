@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from broker.exceptions import InputError
-from workers.calibration import Bound, CalibrationData, FitOptions, Identity, fit_policy, lower_bound, min_items
-from workers.policy import GLOBAL, Route, route_with_policy, sampled, within_budget
+from cascade.workers.calibration import Bound, CalibrationData, FitOptions, Identity, fit_policy, lower_bound, min_items
+from cascade.workers.errors import InputError
+from cascade.workers.items import Route
+from cascade.workers.policy import GLOBAL, route_with_policy, sampled, within_budget
 
 IDENT = Identity(specialist_sha256="s", llm_model="m", calibration_sha256="c")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cascade.workers.calibration import FitOptions
 from tests.conftest import dataset
 from tests.workers.simulation import (
     Bound,
@@ -14,7 +15,6 @@ from tests.workers.simulation import (
     population,
     run_trial,
 )
-from workers.calibration import FitOptions
 
 TRIALS = 200
 N_CAL = 1500

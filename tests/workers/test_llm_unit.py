@@ -7,9 +7,14 @@ import math
 import httpx2
 import pytest
 
-from broker.exceptions import LLMContractError, LLMError
-from broker.settings import Settings
-from workers.llm import LLMClient, build_messages, choice_confidence
+from cascade.workers.config import LLMConfig
+from cascade.workers.errors import LLMContractError, LLMError
+from cascade.workers.llm import LLMClient, build_messages, choice_confidence
+
+CONFIG = LLMConfig(
+    url="http://llm.test/v1", model="m", api_key="k", concurrency=4, timeout=5, max_retries=0, max_tokens=24
+)
+"""A client that fails at once: no retries (the fake server answers the same every time)."""
 
 
 def tok(token: str, lp: float, alts: list[tuple[str, float]]) -> dict[str, object]:
@@ -67,7 +72,7 @@ def fake_server(content: str, status: int = 200) -> httpx2.AsyncClient:
 
 def test_contract_check_refuses_a_server_that_ignores_structured_outputs() -> None:
     async def run() -> None:
-        async with LLMClient(Settings(llm_max_retries=0), http_client=fake_server("hello")) as client:
+        async with LLMClient(CONFIG, http_client=fake_server("hello")) as client:
             await client.check_constrained()
 
     with pytest.raises(LLMContractError, match="ignores structured_outputs"):
@@ -76,7 +81,7 @@ def test_contract_check_refuses_a_server_that_ignores_structured_outputs() -> No
 
 def test_failing_server_gives_llm_error_per_item() -> None:
     async def run() -> list[object]:
-        async with LLMClient(Settings(llm_max_retries=0), http_client=fake_server("", status=500)) as client:
+        async with LLMClient(CONFIG, http_client=fake_server("", status=500)) as client:
             return list(await client.classify_many([("a", ["x", "y"]), ("b", ["x", "y"])]))
 
     answers = asyncio.run(run())

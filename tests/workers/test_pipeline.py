@@ -5,13 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker.exceptions import LLMError
-from broker.jobs import Item, ItemError, ItemResult, JobSpec, OnLLMError, Tier
+from cascade.workers import specialist
+from cascade.workers.data import read_labelled_csv
+from cascade.workers.errors import LLMError
+from cascade.workers.items import Escalation, Item, ItemError, ItemResult, Tier
+from cascade.workers.jobs import JobSpec, OnLLMError
+from cascade.workers.llm import LLMAnswer, estimate_tokens
+from cascade.workers.pipeline import llm_failure, llm_result, split_chunk
 from tests.conftest import dataset
-from workers import specialist
-from workers.data import read_labelled_csv
-from workers.llm import LLMAnswer, estimate_tokens
-from workers.pipeline import Escalation, llm_failure, llm_result, split_chunk
 
 
 def spec(model: specialist.Specialist, threshold: float, top_k: int = 1) -> JobSpec:
@@ -62,7 +63,8 @@ def test_llm_failure_follows_the_job_policy(policy: OnLLMError) -> None:
 
 
 def test_policy_routes_explore_and_abstain_and_budget_keeps_the_least_confident(sms_model: Path) -> None:
-    from workers.policy import Band, Policy, Route
+    from cascade.workers.items import Route
+    from cascade.workers.policy import Band, Policy
 
     model = specialist.load(sms_model)
     test = read_labelled_csv(dataset("sms_spam") / "test.csv")

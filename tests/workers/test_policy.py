@@ -1,6 +1,7 @@
 import pytest
 
-from workers.policy import Route, route
+from cascade.workers.items import Route
+from cascade.workers.policy import route
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from broker.exceptions import InputError, ModelError
+from cascade.workers import specialist
+from cascade.workers.data import read_labelled_csv
+from cascade.workers.errors import InputError, ModelError
+from cascade.workers.manifest import MANIFEST_FILE, file_sha256
 from tests.conftest import dataset
-from workers import specialist
-from workers.data import read_labelled_csv
 
 
 def copy_model(src: Path, tmp_path: Path) -> Path:
@@ -26,8 +27,8 @@ def test_trained_model_loads_and_predicts_well(sms_model: Path) -> None:
     assert np.allclose(proba.sum(axis=1), 1.0)
     accuracy = np.mean(np.asarray(model.labels)[proba.argmax(axis=1)] == np.asarray(test.labels))
     assert accuracy > 0.95
-    assert model.manifest["metrics"]["holdout_accuracy"] > 0.95
-    assert model.manifest["data_sha256"] == read_labelled_csv(dataset("sms_spam") / "train.csv").sha256
+    assert model.manifest.metrics.holdout_accuracy > 0.95
+    assert model.manifest.data_sha256 == read_labelled_csv(dataset("sms_spam") / "train.csv").sha256
 
 
 def test_altered_model_file_is_refused(sms_model: Path, tmp_path: Path) -> None:
@@ -40,7 +41,7 @@ def test_altered_model_file_is_refused(sms_model: Path, tmp_path: Path) -> None:
 
 def test_folder_without_cascade_manifest_is_refused(sms_model: Path, tmp_path: Path) -> None:
     model = copy_model(sms_model, tmp_path)
-    (model / specialist.MANIFEST_FILE).write_text(json.dumps({"format": "something-else"}))
+    (model / MANIFEST_FILE).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ModelError, match="not a Cascade specialist manifest"):
         specialist.load(model)
     with pytest.raises(ModelError, match=r"no manifest\.json"):
@@ -49,9 +50,9 @@ def test_folder_without_cascade_manifest_is_refused(sms_model: Path, tmp_path: P
 
 def test_other_library_versions_are_refused(sms_model: Path, tmp_path: Path) -> None:
     model = copy_model(sms_model, tmp_path)
-    manifest = json.loads((model / specialist.MANIFEST_FILE).read_text())
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
     manifest["versions"]["scikit-learn"] = "0.1.0"
-    (model / specialist.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (model / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"scikit-learn 0\.1\.0"):
         specialist.load(model)
 
@@ -62,9 +63,9 @@ def test_file_with_untrusted_types_is_refused_even_with_a_matching_manifest(sms_
     model = copy_model(sms_model, tmp_path)
     forest = RandomForestClassifier(n_estimators=2).fit([[0.0], [1.0]], [0, 1])
     sio.dump(forest, model / specialist.MODEL_FILE)
-    manifest = json.loads((model / specialist.MANIFEST_FILE).read_text())
-    manifest["model_sha256"] = specialist._sha256(model / specialist.MODEL_FILE)
-    (model / specialist.MANIFEST_FILE).write_text(json.dumps(manifest))
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
+    manifest["model_sha256"] = file_sha256(model / specialist.MODEL_FILE)
+    (model / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="types Cascade does not load"):
         specialist.load(model)
 

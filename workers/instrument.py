@@ -1,11 +1,11 @@
-"""Turning what a chunk wrote into metrics. Called with only the records that were new in the store."""
+"""Turning what a chunk wrote into metric updates. Called with only the records that were new in the store, so a
+chunk that runs twice counts once. Which route counts as which tier is decided here, next to the records."""
 
 from collections.abc import Sequence
 
-from broker.jobs import ItemError, ItemResult, JobSpec, Tier
-from broker.store import Recorded
-from monitoring import metrics
-from workers.policy import Route
+from cascade.monitoring import metrics
+from cascade.workers.items import ItemError, ItemResult, Route, Tier
+from cascade.workers.jobs import JobSpec
 
 
 def _labelled(results: Sequence[ItemResult]) -> None:
@@ -15,10 +15,10 @@ def _labelled(results: Sequence[ItemResult]) -> None:
 
 
 def specialist_chunk(
-    spec: JobSpec, recorded: Recorded, sent: Sequence[tuple[Route, float]], seconds: float, usd_per_cpu_second: float
+    spec: JobSpec, results: Sequence[ItemResult], sent: Sequence[tuple[Route, float]], seconds: float
 ) -> None:
-    """A specialist chunk: its final answers, and the items it newly sent to the LLM (route, confidence)."""
-    for r in recorded.results:
+    """A specialist chunk: its new final answers, and the items it newly sent to the LLM (route, confidence)."""
+    for r in results:
         outcome = "abstained" if r.tier is Tier.ABSTAIN else "answered"
         metrics.ITEMS.labels(tier="specialist", outcome=outcome).inc()
         metrics.CONFIDENCE.observe(r.specialist_confidence)
@@ -28,17 +28,18 @@ def specialist_chunk(
             metrics.ITEMS.labels(tier="specialist", outcome="escalated").inc()
         reason = {Route.EXPLORE: "exploration"}.get(route, "policy_band" if spec.policy else "low_confidence")
         metrics.ESCALATIONS.labels(reason=reason).inc()
-    _labelled(recorded.results)
+    _labelled(results)
     metrics.STAGE_SECONDS.labels(stage="specialist_chunk").observe(seconds)
-    metrics.COST.labels(tier="specialist").inc(seconds * usd_per_cpu_second)
+    metrics.COST.labels(tier="specialist").inc(seconds * spec.usd_per_cpu_second)
     if spec.policy is not None:
         metrics.POLICY.labels(version=spec.policy.version, target=str(spec.policy.target_accuracy)).set(1)
         metrics.POLICY_TARGET.labels(version=spec.policy.version).set(spec.policy.target_accuracy)
 
 
-def llm_chunk(spec: JobSpec, recorded: Recorded, seconds: float) -> None:
+def llm_answers(spec: JobSpec, results: Sequence[ItemResult], errors: Sequence[ItemError]) -> None:
+    """New records of escalated and explored items, as the LLM tier answered them."""
     tokens = 0
-    for r in recorded.results:
+    for r in results:
         if r.route is Route.ESCALATE:
             metrics.ITEMS.labels(tier="llm", outcome="failed" if r.llm_error else "answered").inc()
         else:  # explored: the specialist's answer is final
@@ -49,12 +50,15 @@ def llm_chunk(spec: JobSpec, recorded: Recorded, seconds: float) -> None:
             metrics.AGREEMENT.labels(route=r.route.value, agree=str(r.llm_label == r.specialist_label).lower()).inc()
             metrics.LLM_TOKENS.labels(kind="prompt").inc(r.llm_prompt_tokens or 0)
             metrics.LLM_TOKENS.labels(kind="completion").inc(r.llm_completion_tokens or 0)
-            tokens += (r.llm_prompt_tokens or 0) + (r.llm_completion_tokens or 0)
-    for e in recorded.errors:
+            tokens += r.llm_tokens
+    for e in errors:
         metrics.ITEMS.labels(tier="llm", outcome="failed").inc()
         metrics.LLM_ERRORS.labels(kind=e.llm_error_kind or "other").inc()
-    _labelled(recorded.results)
+    _labelled(results)
     metrics.COST.labels(tier="llm").inc(tokens * spec.usd_per_llm_token)
+
+
+def llm_chunk_seconds(seconds: float) -> None:
     metrics.STAGE_SECONDS.labels(stage="llm_chunk").observe(seconds)
 
 
@@ -63,7 +67,13 @@ def failed_items(errors: Sequence[ItemError], tier: str) -> None:
         metrics.ITEMS.labels(tier=tier, outcome="failed").inc()
 
 
-def job_finished(invalid_lines: int) -> None:
+def job_ended(invalid_lines: int) -> None:
     """Lines refused at intake, counted once, by the worker that ended the job."""
     if invalid_lines:
         metrics.ITEMS.labels(tier="intake", outcome="failed").inc(invalid_lines)
+
+
+def queue_waited(queue: str, sent_at: float | None, now: float) -> None:
+    """A task started: how long it waited in its queue."""
+    if sent_at is not None:
+        metrics.QUEUE_WAIT.labels(queue=queue).observe(max(now - sent_at, 0.0))

@@ -1,10 +1,10 @@
-"""The job model: what a job asks for, its status, and the records it produces for each input line."""
+"""The job model: what a job asks for, its status and counts. Its items and records are in ``items``."""
 
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.policy import Policy, Route
+from cascade.workers.policy import Policy
 
 
 class JobStatus(str, Enum):
@@ -33,20 +33,10 @@ class JobStatus(str, Enum):
         return self in {JobStatus.VALIDATING, JobStatus.IN_PROGRESS}
 
 
-class EndCode(str, Enum):
-    """Error codes of the items a job's early end left without a record."""
-
-    CANCELLED = "batch_cancelled"
-    EXPIRED = "batch_expired"
 
 
-class Tier(str, Enum):
-    """Which tier gave an item its final label."""
-
-    SPECIALIST = "specialist"
-    LLM = "llm"
-    ABSTAIN = "abstain"
-    """Neither tier is trusted: the label is the specialist's, provisional, for human review."""
+INTERIM = {JobStatus.CANCELLED: JobStatus.CANCELLING, JobStatus.EXPIRED: JobStatus.FINALIZING}
+"""A job that ends early passes through an interim status (no new chunk starts, its sweep runs) to its final one."""
 
 
 class OnLLMError(str, Enum):
@@ -85,53 +75,7 @@ class JobSpec(BaseModel):
         return self.policy.version if self.policy else None
 
 
-class Item(BaseModel):
-    """One valid input line."""
 
-    model_config = ConfigDict(frozen=True)
-
-    custom_id: str
-    text: str
-    line: int
-    label: str | None = None
-
-
-class ItemResult(BaseModel):
-    """One line of the results file."""
-
-    custom_id: str
-    line: int
-    label: str
-    confidence: float
-    tier: Tier
-    route: Route
-    """What the rule decided: accept, escalate, explore (LLM asked to measure, specialist final) or abstain."""
-    specialist_label: str
-    specialist_confidence: float
-    candidates: list[str] | None = None
-    llm_label: str | None = None
-    llm_confidence: float | None = None
-    llm_error: str | None = None
-    llm_error_kind: str | None = None
-    """timeout, connection, status_4xx, status_5xx, contract."""
-    llm_prompt_tokens: int | None = None
-    llm_completion_tokens: int | None = None
-    sampling_probability: float | None = None
-    """For explored items: the probability with which a confident item was sent to the LLM."""
-    budget_limited: bool = False
-    """The rule escalated the item, but the job's budget kept it with the specialist."""
-    gold: str | None = None
-    correct: bool | None = None
-
-
-class ItemError(BaseModel):
-    """One line of the error file: an input line that was refused, or an item that failed."""
-
-    line: int
-    custom_id: str | None
-    code: str
-    message: str
-    llm_error_kind: str | None = None
 
 
 class Counts(BaseModel):
@@ -153,3 +97,28 @@ class JobView(BaseModel):
     specialist_seconds: float = 0.0
     llm_seconds: float = 0.0
     error: str | None = None
+
+
+class TierStats(BaseModel):
+    """What one tier answered; ``specialist_correct`` counts the specialist's own answers on those same items."""
+
+    answered: int = 0
+    labelled: int = 0
+    correct: int = 0
+    specialist_correct: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+class JobStats(BaseModel):
+    """A job's counters: per tier, by route, and the LLM's errors and usage (what summaries and reports read)."""
+
+    tiers: dict[str, TierStats] = {}
+    routes: dict[str, int] = {}
+    llm_errors: int = 0
+    llm_tokens: int = 0
+    """Prompt + completion tokens of the LLM answers recorded."""
+    llm_requests: int = 0
+    """LLM answers recorded (requests that were answered)."""

@@ -10,10 +10,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
-from broker.celery_app import QueueName
-from broker.jobs import JobStatus
-from broker.store import JobStore
-from monitoring.metrics import JOBS, QUEUE_LENGTH, QUEUE_RESERVED
+from cascade.broker.celery_app import QueueName
+from cascade.broker.store import RedisJobStore
+from cascade.monitoring.metrics import JOBS, QUEUE_LENGTH, QUEUE_RESERVED
+from cascade.workers.jobs import JobStatus
 
 UNACKED_KEY = "unacked"
 """Celery's Redis transport (kombu) keeps every delivered, not yet acknowledged message in this one hash, for all
@@ -40,7 +40,7 @@ return flat
 class JobsCollector(Collector):
     """Jobs by status, and the tasks waiting in and reserved from each queue, read from Redis at each scrape."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: RedisJobStore) -> None:
         self.store = store
         self._reserved = store.redis.register_script(_RESERVED_BY_QUEUE)
 
@@ -118,7 +118,7 @@ class CompactingCollector(Collector):
             yield from self.inner.collect()
 
 
-def serve(port: int, store: JobStore, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod network
+def serve(port: int, store: RedisJobStore, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod network
     """Serve ``/metrics`` from a background thread of this (the worker's main) process."""
     registry = CollectorRegistry()
     registry.register(CompactingCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))

@@ -1,0 +1,132 @@
+"""The job store's contract: what the pipeline and a job's lifecycle need from it, whatever holds the data.
+
+``cascade.broker.store.RedisJobStore`` implements it for production; ``cascade.workers.memory.MemoryJobStore``
+for unit tests. One contract test class runs over both (``tests/workers/store_contract.py``).
+
+The promise every implementation keeps: records are keyed by job and ``custom_id``, the first record written for
+an item wins, an item is never in both the results and the errors, and counters move only for new records. A
+chunk that runs twice changes nothing.
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from cascade.workers.items import Item, ItemError, ItemResult
+from cascade.workers.jobs import JobSpec, JobStats, JobStatus, JobView
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one ``record`` call wrote: only records new in the store (a chunk that runs again writes none)."""
+
+    results: list[ItemResult]
+    errors: list[ItemError]
+    finished: bool
+    """This call completed the job (true for exactly one call per job)."""
+
+
+class IntakeOutcome(str, Enum):
+    """What ``finish_intake`` found once the whole input was read."""
+
+    STARTED = "started"
+    """The job runs (``in_progress``)."""
+    EMPTY = "empty"
+    """No valid line: the job must fail."""
+    SWEEP = "sweep"
+    """The job was asked to end while its input was read: its sweep is due now."""
+    ENDED = "ended"
+    """The job had already ended."""
+
+
+class JobStore(Protocol):
+    """Jobs, their chunks of items, and one record per input line."""
+
+    # --- jobs ---
+    def create(
+        self, spec: JobSpec, owner: str = "", extra: dict[str, str] | None = None, window: float | None = None
+    ) -> str:
+        """A new job, validating; ``window``: seconds until it expires if it has not ended."""
+        ...
+
+    def status(self, job_id: str) -> JobStatus:
+        """``NotFoundError`` for an unknown job (likewise ``spec`` and ``get``)."""
+        ...
+
+    def spec(self, job_id: str) -> JobSpec: ...
+
+    def get(self, job_id: str) -> JobView: ...
+
+    def stats(self, job_id: str) -> JobStats: ...
+
+    def add_seconds(self, job_id: str, tier: str, seconds: float) -> None: ...
+
+    def reserve_budget(self, job_id: str, chunk: int, costs: list[float], budget: float) -> int:
+        """How many of ``costs`` (in order) fit in what is left of the job's budget; reserved once per chunk."""
+        ...
+
+    # --- intake ---
+    def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None: ...
+
+    def chunk(self, job_id: str, index: int) -> list[Item]:
+        """The chunk's items; none once the job has ended."""
+        ...
+
+    def chunk_count(self, job_id: str) -> int: ...
+
+    def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
+        """Lines refused at intake, keyed by line number."""
+        ...
+
+    def invalid_count(self, job_id: str) -> int: ...
+
+    def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
+        """For each item, whether its ``custom_id`` is its own (first seen on its line) or a duplicate. Reading
+        the same lines again gives the same answers."""
+        ...
+
+    def chunks_sent(self, job_id: str) -> int:
+        """How many chunks the intake has already stored and enqueued (an intake that runs again skips them)."""
+        ...
+
+    def chunk_sent(self, job_id: str, index: int) -> None: ...
+
+    def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
+        """Record how many lines and chunks the job has; a validating job with chunks starts running."""
+        ...
+
+    # --- records ---
+    def mark_sent(self, job_id: str, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
+        """Remember which items went to the LLM; returns those not marked before (a chunk may run twice)."""
+        ...
+
+    def unrecorded(self, job_id: str, custom_ids: Sequence[str]) -> list[str]:
+        """The ids among ``custom_ids`` that have neither a result nor an error yet."""
+        ...
+
+    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> Recorded:
+        """Write the records of items that have none yet; returns the new ones; completes the job when every line
+        has its record."""
+        ...
+
+    def iter_results(self, job_id: str) -> Iterator[ItemResult]: ...
+
+    def iter_errors(self, job_id: str) -> Iterator[ItemError]:
+        """The lines refused at intake, then the items that failed."""
+        ...
+
+    # --- ending ---
+    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False) -> bool:
+        """Ask a running job to end early as ``final`` (cancelled through cancelling, expired through
+        finalizing; with ``only_if_due`` only if its completion window has passed). True when its sweep is due
+        now; False when nothing was to be done or the intake will ask for the sweep once the input is read."""
+        ...
+
+    def ending(self, job_id: str) -> JobStatus | None:
+        """The final status a job that is ending early is headed for; None for a job that is not ending."""
+        ...
+
+    def end(self, job_id: str, status: JobStatus, error: str | None = None) -> bool:
+        """Move a job to a final status; False when it had already ended."""
+        ...
