@@ -4,15 +4,22 @@ A model folder holds ``model.skops`` (skops' format: no pickle) and ``manifest.j
 the training data checksum, library versions and the model file's SHA-256). Loading checks, in this order, that
 the manifest is Cascade's, that the model file's checksum matches it, that the library versions are the ones
 running now, and that the file holds only the types in ``TRUSTED_TYPES``. Anything else is refused.
+
+Features are TF-IDF (``tfidf``, the default, inside the pipeline) or sentence embeddings (``minilm``,
+``workers/embedding.py``): then the pipeline is only the head, and the manifest also names the encoder folder,
+its checksum (verified too) and the versions of torch and sentence-transformers. Either way ``Specialist.sha256``
+is the manifest's ``identity``, what a job pins: the head's checksum, bound to the encoder's when there is one.
 """
 
 import platform
+import sys
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-import skops.io as sio
 from numpy.typing import NDArray
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -20,10 +27,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
+from cascade.workers.embedding import Encoder, build_head
 from cascade.workers.errors import InputError, ModelError
 from cascade.workers.manifest import (
-    FORMAT,
+    FORMATS,
     MANIFEST_FILE,
+    EncoderManifest,
+    Features,
     HoldoutMetrics,
     Manifest,
     file_sha256,
@@ -32,12 +42,34 @@ from cascade.workers.manifest import (
 )
 
 MODEL_FILE = "model.skops"
+_WALKED_TORCH = "sklearn.externals.array_api_compat.torch"
 
 # Types skops does not trust by default that a Cascade specialist holds. Nothing else is loaded.
 TRUSTED_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._TemperatureScaling",
 ]
+
+
+@cache
+def _skops_io() -> ModuleType:
+    """``skops.io``, imported without importing torch.
+
+    skops lists its trusted types with scikit-learn's ``all_estimators()``, whose package walk imports
+    ``sklearn.externals.array_api_compat.torch`` and with it torch, whenever torch is installed (the embeddings
+    extra): 3-5 s and ~280 MB more in every process, TF-IDF ones included. A placeholder for that one package
+    during the import keeps the walk out of it; the walk skips ``externals`` anyway, so the types are the same.
+    """
+    placed = _WALKED_TORCH not in sys.modules
+    if placed:
+        sys.modules[_WALKED_TORCH] = ModuleType(_WALKED_TORCH)
+    try:
+        import skops.io as sio
+    finally:
+        if placed:
+            del sys.modules[_WALKED_TORCH]
+    module: ModuleType = sio
+    return module
 
 
 def build_pipeline(seed: int = 0) -> Pipeline:
@@ -62,13 +94,16 @@ class Specialist:
     pipeline: Pipeline
     manifest: Manifest
     sha256: str
+    """The manifest's ``identity``: the head's checksum, with the encoder's when there is one."""
+    encoder: Encoder | None = None
 
     @property
     def labels(self) -> list[str]:
         return list(self.manifest.labels)
 
     def predict_proba(self, texts: list[str]) -> NDArray[np.float64]:
-        proba: NDArray[np.float64] = self.pipeline.predict_proba(texts)
+        features = texts if self.encoder is None else self.encoder.encode(texts)
+        proba: NDArray[np.float64] = self.pipeline.predict_proba(features)
         return proba
 
 
@@ -80,23 +115,25 @@ class TrainReport:
     n_train: int
     n_holdout: int
     seconds: float
+    encoder: Encoder | None = None
 
 
-def train(texts: list[str], labels: list[str], holdout: float = 0.2, seed: int = 0) -> TrainReport:
-    """Fit on a stratified split, measure on the held-out part, then refit on everything."""
-    if len(set(labels)) < 2:
-        raise InputError("training data needs at least two distinct labels")
-    counts = {lab: labels.count(lab) for lab in set(labels)}
-    rare = sorted(lab for lab, n in counts.items() if n < 4)
-    if rare:
-        raise InputError(f"labels with fewer than 4 examples cannot be split and calibrated: {', '.join(rare)}")
+def train(
+    texts: list[str], labels: list[str], holdout: float = 0.2, seed: int = 0, encoder: Encoder | None = None
+) -> TrainReport:
+    """Fit on a stratified split, measure on the held-out part, then refit on everything.
+
+    With an ``encoder`` (``--features minilm``) the texts are encoded once and the head is fitted on the vectors.
+    """
+    _check_labels(labels)
     start = time.perf_counter()
+    features = texts if encoder is None else encoder.encode(texts)
     x_fit, x_hold, y_fit, y_hold = train_test_split(
-        texts, labels, test_size=holdout, random_state=seed, stratify=labels
+        features, labels, test_size=holdout, random_state=seed, stratify=labels
     )
-    probe = build_pipeline(seed).fit(x_fit, y_fit)
+    probe = _build(seed, encoder).fit(x_fit, y_fit)
     accuracy = float(np.mean(probe.predict(x_hold) == np.asarray(y_hold)))
-    final = build_pipeline(seed).fit(texts, labels)
+    final = _build(seed, encoder).fit(features, labels)
     return TrainReport(
         pipeline=final,
         labels=[str(c) for c in final.classes_],
@@ -104,20 +141,36 @@ def train(texts: list[str], labels: list[str], holdout: float = 0.2, seed: int =
         n_train=len(x_fit),
         n_holdout=len(x_hold),
         seconds=time.perf_counter() - start,
+        encoder=encoder,
     )
+
+
+def _check_labels(labels: list[str]) -> None:
+    if len(set(labels)) < 2:
+        raise InputError("training data needs at least two distinct labels")
+    counts = {lab: labels.count(lab) for lab in set(labels)}
+    rare = sorted(lab for lab, n in counts.items() if n < 4)
+    if rare:
+        raise InputError(f"labels with fewer than 4 examples cannot be split and calibrated: {', '.join(rare)}")
+
+
+def _build(seed: int, encoder: Encoder | None) -> Pipeline:
+    return build_pipeline(seed) if encoder is None else build_head()
 
 
 def save(report: TrainReport, folder: str | Path, data_sha256: str) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    sio = _skops_io()
     untrusted = set(sio.get_untrusted_types(data=sio.dumps(report.pipeline)))
     unexpected = untrusted - set(TRUSTED_TYPES)
     if unexpected:
         raise ModelError(f"the pipeline holds types Cascade would refuse to load: {sorted(unexpected)}")
     model_path = folder / MODEL_FILE
     sio.dump(report.pipeline, model_path)
+    features = Features.TFIDF if report.encoder is None else Features.MINILM
     manifest = Manifest(
-        format=FORMAT,
+        format=FORMATS[features],
         created_at=time.time(),
         labels=report.labels,
         metrics=HoldoutMetrics(
@@ -128,15 +181,21 @@ def save(report: TrainReport, folder: str | Path, data_sha256: str) -> Path:
         ),
         data_sha256=data_sha256,
         model_sha256=file_sha256(model_path),
-        versions=library_versions(),
+        versions=library_versions(features),
         python=platform.python_version(),
+        features=features,
+        encoder=None if report.encoder is None else report.encoder.describe(),
     )
     (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
     return folder
 
 
-def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
-    """Load a model folder written by ``save``, after verifying it; raise ``ModelError`` otherwise."""
+def load(folder: str | Path, expected_sha256: str | None = None, threads: int | None = None) -> Specialist:
+    """Load a model folder written by ``save``, after verifying it; raise ``ModelError`` otherwise.
+
+    ``expected_sha256`` is the ``identity`` a job pinned; ``threads`` is torch's, for a ``minilm`` model
+    (``CASCADE_ENCODER_THREADS``, 1, when None).
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     model_path = folder / MODEL_FILE
@@ -145,13 +204,24 @@ def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
     digest = file_sha256(model_path)
     if digest != manifest.model_sha256:
         raise ModelError(f"{model_path}: checksum {digest[:12]}… does not match the manifest; the file was altered")
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise ModelError(f"{model_path}: checksum {digest[:12]}… is not the model this job was submitted with")
-    running = library_versions()
+    if expected_sha256 is not None and manifest.identity != expected_sha256:
+        raise ModelError(f"{folder}: identity {manifest.identity[:12]}… is not the model this job was submitted with")
+    _check_versions(folder, manifest)
+    pipeline = _load_head(model_path, manifest)
+    encoder = None if manifest.encoder is None else _open_encoder(manifest.encoder, pipeline, threads)
+    return Specialist(pipeline=pipeline, manifest=manifest, sha256=manifest.identity, encoder=encoder)
+
+
+def _check_versions(folder: Path, manifest: Manifest) -> None:
+    running = library_versions(manifest.features)
     saved = manifest.versions
     mismatched = [f"{k} {saved.get(k)} (running {v})" for k, v in running.items() if saved.get(k) != v]
     if mismatched:
         raise ModelError(f"{folder}: saved with other library versions: {', '.join(mismatched)}; retrain it")
+
+
+def _load_head(model_path: Path, manifest: Manifest) -> Pipeline:
+    sio = _skops_io()
     untrusted = set(sio.get_untrusted_types(file=model_path))
     unexpected = untrusted - set(TRUSTED_TYPES)
     if unexpected:
@@ -162,7 +232,16 @@ def load(folder: str | Path, expected_sha256: str | None = None) -> Specialist:
         raise ModelError(f"{model_path}: cannot be loaded ({e})") from e
     if not isinstance(pipeline, Pipeline) or [str(c) for c in pipeline.classes_] != manifest.labels:
         raise ModelError(f"{model_path}: its labels do not match the manifest")
-    return Specialist(pipeline=pipeline, manifest=manifest, sha256=digest)
+    if ("features" in pipeline.named_steps) != (manifest.features is Features.TFIDF):
+        raise ModelError(f"{model_path}: not a head for features {manifest.features.value!r}, as the manifest says")
+    return pipeline
+
+
+def _open_encoder(entry: EncoderManifest, head: Pipeline, threads: int | None) -> Encoder:
+    encoder = Encoder.from_manifest(entry, threads=threads)
+    if encoder.dimension != entry.dimension or head.n_features_in_ != entry.dimension:
+        raise ModelError(f"{encoder.path}: {encoder.dimension}-dimensional vectors; the head takes {entry.dimension}")
+    return encoder
 
 
 def top_candidates(proba: NDArray[np.float64], labels: list[str], k: int) -> list[str]:

@@ -12,7 +12,12 @@ ensure_venv() {
     echo "[cascade] installing the project into $root/.venv" >&2
     [ -x "$root/.venv/bin/python" ] || "$python" -m venv "$root/.venv"
     "$root/.venv/bin/pip" install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
-    "$root/.venv/bin/pip" install --quiet -e "$root[dev]" 2>&1 | { grep -v "is ignored" || true; }
+    # The embeddings extra needs torch: its CPU build first (this machine's find-links), else the resolver
+    # takes the CUDA build. Skipped when 2.13.0 is there already.
+    if ! "$root/.venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
+      "$root/.venv/bin/pip" install --quiet torch==2.13.0 2>&1 | { grep -v "is ignored" || true; }
+    fi
+    "$root/.venv/bin/pip" install --quiet -e "$root[dev,embeddings]" 2>&1 | { grep -v "is ignored" || true; }
     "$root/.venv/bin/cascade" --help >/dev/null
     touch "$root/.venv/.installed"
   fi

@@ -9,7 +9,7 @@ import skops.io as sio
 from cascade.workers import specialist
 from cascade.workers.data import read_labelled_csv
 from cascade.workers.errors import InputError, ModelError
-from cascade.workers.manifest import MANIFEST_FILE, file_sha256
+from cascade.workers.manifest import MANIFEST_FILE, Features, file_sha256
 from tests.conftest import dataset
 
 
@@ -73,6 +73,29 @@ def test_file_with_untrusted_types_is_refused_even_with_a_matching_manifest(sms_
 def test_job_checksum_must_match(sms_model: Path) -> None:
     with pytest.raises(ModelError, match="not the model this job"):
         specialist.load(sms_model, expected_sha256="0" * 64)
+
+
+def test_a_tfidf_model_is_pinned_by_its_file_checksum_as_before(sms_model: Path, tmp_path: Path) -> None:
+    loaded = specialist.load(sms_model)
+    assert loaded.manifest.features is Features.TFIDF
+    assert loaded.manifest.encoder is None
+    assert loaded.sha256 == loaded.manifest.identity == file_sha256(sms_model / specialist.MODEL_FILE)
+    assert loaded.encoder is None
+    model = copy_model(sms_model, tmp_path)  # a manifest written before minilm existed loads the same
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
+    for field in ("features", "encoder", "identity"):
+        del manifest[field]
+    (model / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert specialist.load(model, expected_sha256=loaded.sha256).sha256 == loaded.sha256
+
+
+def test_manifest_whose_format_does_not_go_with_its_features_is_refused(sms_model: Path, tmp_path: Path) -> None:
+    model = copy_model(sms_model, tmp_path)
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
+    manifest["format"] = "cascade-specialist/2"
+    (model / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="does not go with features 'tfidf'"):
+        specialist.load(model)
 
 
 def test_top_candidates_orders_by_probability() -> None:
