@@ -44,10 +44,17 @@ def _queue(name: QueueName) -> Queue:
     return Queue(name.value, Exchange(name.value, type="direct"), routing_key=name.value)  # type: ignore[no-untyped-call]
 
 
+def _time_limits(settings: Settings) -> dict[str, float]:
+    return {"soft_time_limit": 0.8 * settings.visibility_timeout, "time_limit": 0.9 * settings.visibility_timeout}
+
+
 def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
     celery.settings = settings
     celery.conf.update(
         broker_url=settings.redis_url,
+        # kombu's Redis transport, but a channel whose connection was lost can still acknowledge, reject and
+        # restore its messages, and a message popped as Redis died is put back (cascade.broker.redis_transport).
+        broker_transport="cascade.broker.redis_transport:Transport",
         broker_connection_retry_on_startup=True,
         # Reliability: a task is acknowledged only when it has finished, and goes back to the queue when its
         # worker dies. Redis redelivers a task not acknowledged within the visibility timeout, so that timeout
@@ -74,7 +81,17 @@ def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
             TaskName.SWEEP.value: {"queue": QueueName.SPECIALIST.value},
         },
         worker_hijack_root_logger=False,
+        # A task running when Redis goes away waits for it (cascade.workers.tasks) and acknowledges its message on
+        # its old channel; cancelling it would leave its chunk to the visibility timeout.
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A chunk never outlives its visibility timeout (else Redis would deliver it again while it runs): at 80%
+        # the task is told (SoftTimeLimitExceeded: its items fail as time_limit), at 90% its process is killed.
+        # Reading an input file (intake) and sweeping a job take time in proportion to the job: not limited.
+        task_annotations={name.value: _time_limits(settings) for name in (TaskName.SPECIALIST, TaskName.LLM)},
+        # Stopping a worker (a pod's SIGTERM): running chunks get this long to finish, then go back to the queue
+        # at once (Celery's soft shutdown, instead of waiting out the visibility timeout). Chunks are idempotent.
+        worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
+        worker_enable_soft_shutdown_on_idle=True,
     )
     return celery
 
@@ -96,8 +113,7 @@ def send_sweep(celery: Celery, job_id: str) -> None:
     celery.send_task(TaskName.SWEEP.value, args=[job_id], queue=QueueName.SPECIALIST.value)
 
 
-def send_llm_chunk(celery: Celery, job_id: str, escalations: Sequence[Escalation]) -> None:
+def send_llm_chunk(celery: Celery, job_id: str, escalations: Sequence[Escalation], chunk: int) -> None:
     payload = [e.model_dump(mode="json") for e in escalations]
-    celery.send_task(
-        TaskName.LLM.value, args=[job_id, payload], kwargs={"sent_at": time.time()}, queue=QueueName.LLM.value
-    )
+    kwargs = {"sent_at": time.time(), "chunk": chunk}
+    celery.send_task(TaskName.LLM.value, args=[job_id, payload], kwargs=kwargs, queue=QueueName.LLM.value)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import redis
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +33,7 @@ from cascade.broker.summary import Summary, summarize
 from cascade.broker.views import print_bands, print_cost, print_evaluation, print_summary
 from cascade.workers.errors import CascadeError, InputError
 from cascade.workers.jobs import JobSpec, JobStatus, OnLLMError
+from cascade.workers.manifest import Features
 
 # Imported where used: the `worker` command must set up the metrics' multiprocess mode before anything imports
 # prometheus_client (cascade.monitoring.metrics, through the pipeline), and the CLI starts faster.
@@ -58,13 +60,32 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")],
     holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="share held out for the accuracy")] = 0.2,
     seed: int = 0,
+    features: Annotated[
+        Features, typer.Option(help="tfidf: word n-grams; minilm: sentence embeddings (the embeddings extra)")
+    ] = Features.TFIDF,
+    encoder: Annotated[
+        Path | None,
+        typer.Option(help="minilm: a local sentence-transformers folder instead of the bundled all-MiniLM-L6-v2"),
+    ] = None,
 ) -> None:
     """Train the specialist and save it with its manifest."""
     from cascade.workers import specialist
     from cascade.workers.data import read_labelled_csv
+    from cascade.workers.embedding import Encoder
+    from cascade.workers.errors import ModelError
 
+    if encoder is not None and features is not Features.MINILM:
+        raise InputError("--encoder: only with --features minilm")
     labelled = read_labelled_csv(data)
-    report = specialist.train(labelled.texts, labelled.labels, holdout=holdout, seed=seed)
+    try:
+        opened = Encoder.open(encoder, threads=Settings().encoder_threads) if features is Features.MINILM else None
+    except ModelError as e:  # printed here, escaped: main()'s markup would eat "[embeddings]" in the install hint
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    if opened is not None:
+        where = escape(str(opened.path))
+        err.print(f"encoding {len(labelled.texts)} texts with {where} ({opened.threads} torch thread(s))")
+    report = specialist.train(labelled.texts, labelled.labels, holdout=holdout, seed=seed, encoder=opened)
     specialist.save(report, out_dir, labelled.sha256)
     out.print(
         f"trained on {len(labelled.texts)} items, {len(report.labels)} labels, {report.seconds:.1f} s; "
@@ -103,6 +124,9 @@ def worker(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     configure(app, settings)
+    from cascade.broker.reaper import Reaper
+
+    Reaper(_store(settings), app, settings).start()
     argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "--loglevel", loglevel]
     if hostname:
         argv += ["-n", hostname]
@@ -167,7 +191,6 @@ def submit(
         explore=explore,
     )
     job_id = _submit(settings, input_file, spec)
-    out.print(job_id)
     if wait:
         _finish(settings, job_id, as_json)
 
@@ -178,9 +201,29 @@ def _enqueue(settings: Settings) -> "Enqueue":
 
 
 def _submit(settings: Settings, input_file: Path, spec: JobSpec) -> str:
-    from cascade.broker.submit import submit_file
+    """Create the job, print its id (flushed, alone on its line) before reading the input, then read it in: a user
+    whose client dies during the intake knows the job. An intake that stops with an exception fails its job (what
+    was stored goes to the errors, the unread lines are named in its error); a client killed outright leaves that
+    to the reaper."""
+    from cascade.broker.submit import create_job, submit_file
+    from cascade.workers.lifecycle import fail_intake
 
-    return submit_file(_store(settings), _enqueue(settings), settings, input_file, spec)
+    if not input_file.is_file():
+        raise InputError(f"{input_file}: no such file")
+    enqueue = _enqueue(settings)
+    store = _store(settings)
+    job_id = create_job(store, settings, spec)
+    out.print(job_id)
+    out.file.flush()
+    try:
+        submit_file(store, enqueue, settings, input_file, spec, job_id=job_id)
+    except BaseException as e:  # Ctrl-C included: the job would otherwise stay validating
+        try:
+            fail_intake(store, lambda job: send_sweep(app, job), job_id, f"the intake stopped: {e!r}")
+        except redis.RedisError as failed:  # Redis gone: the original exception says more
+            err.print(f"{job_id} could not be marked failed: {failed}")
+        raise
+    return job_id
 
 
 def _finish(settings: Settings, job_id: str, as_json: bool) -> None:
@@ -433,10 +476,17 @@ def main() -> None:
     try:
         cli()
     except CascadeError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except redis.ConnectionError as e:
-        err.print(f"[bold red]error:[/] Redis does not answer at CASCADE_REDIS_URL ({e})")
+        err.print(f"[bold red]error:[/] Redis does not answer at CASCADE_REDIS_URL ({escape(str(e))})")
+        sys.exit(2)
+    except ValidationError as e:
+        if e.title != Settings.__name__:
+            raise
+        first = e.errors()[0]
+        where = f"CASCADE_{str(first['loc'][0]).upper()}: " if first["loc"] else ""
+        err.print(f"[bold red]error:[/] {where}{escape(first['msg'].removeprefix('Value error, '))}", highlight=False)
         sys.exit(2)
 
 

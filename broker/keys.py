@@ -5,6 +5,8 @@ from dataclasses import dataclass
 PREFIX = "cascade:"
 JOBS = PREFIX + "jobs"
 """Sorted set: job id -> creation time, every job in the store."""
+REAPER_LOCK = PREFIX + "reaper"
+"""String, with a TTL of one reaper interval: the worker whose reaper is looking at the jobs now."""
 
 
 def owner(name: str) -> str:

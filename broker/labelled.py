@@ -89,7 +89,7 @@ def _completed(store: RedisJobStore, job: LabelledJob) -> None:
 
 
 def _identity(settings: Settings, job: LabelledJob) -> Identity:
-    return Identity(read_manifest(job.model).model_sha256, settings.llm_model, job.data_sha256)
+    return Identity(read_manifest(job.model).identity, settings.llm_model, job.data_sha256)
 
 
 def calibrate(settings: Settings, store: RedisJobStore, job: LabelledJob, opts: FitOptions) -> Policy:

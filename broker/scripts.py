@@ -4,7 +4,7 @@ Every script takes its arguments as one JSON object in ``ARGV[1]`` with named fi
 arguments slowly, and names keep the Lua and the Python in step); ``KEYS`` are listed above each script.
 """
 
-# KEYS: job, results, errors. ARGV[1]: {"records": [...]}, each record {"kind": "result"|"error", "id",
+# KEYS: job, results, errors. ARGV[1]: {"now", "records": [...]}, each record {"kind": "result"|"error", "id",
 # "record" (its JSON)} and, for results, {"tier", "route", "labelled", "correct", "specialist_correct",
 # "llm_error", "llm_tokens"}. Writes a record only for an item that has none yet, and counts it once per tier.
 # Returns the (1-based) positions of the records that were new.
@@ -40,6 +40,7 @@ end
 for field, n in pairs(counts) do
   if n ~= 0 then redis.call('HINCRBY', KEYS[1], field, n) end
 end
+if #added > 0 then redis.call('HSET', KEYS[1], 'progress_at', args.now) end
 return added
 """
 
@@ -104,8 +105,9 @@ if status == 'cancelling' or status == 'finalizing' then return 'sweep' end
 return 'ended'
 """
 
-# KEYS: job. ARGV[1]: {"interim" (cancelling, finalizing), "final" (cancelled, expired), "now", "only_if_due"}.
-# Asks a running job to end early, with only_if_due only when its expires_at has passed. Returns 'sweep' (its
+# KEYS: job. ARGV[1]: {"interim" (cancelling, finalizing), "final" (cancelled, expired, failed), "now",
+# "only_if_due", "reason"}. Asks a running job to end early, with only_if_due only when its expires_at has passed;
+# the reason, if any, becomes the job's error. Returns 'sweep' (its
 # input is read: sweep now), 'later' (the intake will ask for the sweep when it has read the input), 'no'
 # (nothing to do) or 'missing'.
 REQUEST_END = """
@@ -118,6 +120,7 @@ if args.only_if_due then
   if not expires or tonumber(expires) > tonumber(args.now) then return 'no' end
 end
 redis.call('HSET', KEYS[1], 'status', args.interim, 'ending', args.final, args.interim .. '_at', args.now)
+if type(args.reason) == 'string' and args.reason ~= '' then redis.call('HSET', KEYS[1], 'error', args.reason) end
 if redis.call('HEXISTS', KEYS[1], 'total') == 1 then return 'sweep' end
 return 'later'
 """

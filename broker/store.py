@@ -147,6 +147,11 @@ class RedisJobStore:
             specialist_seconds=float(h.get("specialist_seconds", 0.0)),
             llm_seconds=float(h.get("llm_seconds", 0.0)),
             error=h.get("error"),
+            expires_at=float(h["expires_at"]) if "expires_at" in h else None,
+            progress_at=float(h["progress_at"]) if "progress_at" in h else None,
+            lines_read=int(h.get("lines_read", 0)),
+            chunks_sent=int(h.get("chunks_sent", 0)),
+            reaps=int(h.get("reaps", 0)),
         )
 
     def wait(self, job_id: str, timeout: float, poll: float = 0.1) -> JobView:
@@ -227,8 +232,10 @@ class RedisJobStore:
     def chunks_sent(self, job_id: str) -> int:
         return int(self.redis.hget(JobKeys(job_id).job, "chunks_sent") or 0)
 
-    def chunk_sent(self, job_id: str, index: int) -> None:
-        self.redis.hset(JobKeys(job_id).job, "chunks_sent", index + 1)
+    def chunk_sent(self, job_id: str, index: int, lines_read: int) -> None:
+        progress: dict[_Value, _Value] = {"chunks_sent": index + 1, "lines_read": lines_read}
+        progress["progress_at"] = time.time()
+        self.redis.hset(JobKeys(job_id).job, mapping=progress)
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
         args = _args(total=total, chunks=chunks, now=repr(time.time()))
@@ -268,7 +275,8 @@ class RedisJobStore:
         if not records:
             return Recorded([], [], finished=False)
         k = JobKeys(job_id)
-        added = cast(list[int], self._record(keys=[k.job, k.results, k.errors], args=[_args(records=records)]))
+        args = _args(now=repr(time.time()), records=records)
+        added = cast(list[int], self._record(keys=[k.job, k.results, k.errors], args=[args]))
         positions = {int(p) - 1 for p in added}
         with self.redis.pipeline() as pipe:
             pipe.expire(k.results, self.job_ttl)
@@ -300,9 +308,12 @@ class RedisJobStore:
 
     # --- ending -------------------------------------------------------------------------------------------
 
-    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False) -> bool:
-        interim = INTERIM[final]
-        args = _args(interim=interim.value, final=final.value, now=repr(time.time()), only_if_due=only_if_due)
+    def request_end(
+        self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None
+    ) -> bool:
+        interim = INTERIM[final].value
+        now = repr(time.time())
+        args = _args(interim=interim, final=final.value, now=now, only_if_due=only_if_due, reason=reason)
         outcome = str(self._request_end(keys=[JobKeys(job_id).job], args=[args]))
         if outcome == "missing":
             raise NotFoundError(f"no job {job_id!r}")
@@ -322,6 +333,27 @@ class RedisJobStore:
         if changed:
             self._drop_chunks(job_id)
         return bool(changed)
+
+    # --- the reaper's view ---------------------------------------------------------------------------------
+
+    def active_ids(self) -> list[str]:
+        ids = [str(i) for i in self.redis.zrange(keys.JOBS, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(JobKeys(job_id).job, "status")
+            statuses = pipe.execute()
+        return [i for i, s in zip(ids, statuses, strict=True) if s is not None and not JobStatus(s).is_final]
+
+    def count_delivery(self, job_id: str, task: str) -> int:
+        return int(self.redis.hincrby(JobKeys(job_id).job, f"deliveries:{task}", 1))
+
+    def count_reap(self, job_id: str) -> int:
+        key = JobKeys(job_id).job
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "reaps", 1)
+            pipe.hset(key, "progress_at", repr(time.time()))
+            reaps, _ = pipe.execute()
+        return int(reaps)
 
     def _drop_chunks(self, job_id: str) -> None:
         k = JobKeys(job_id)

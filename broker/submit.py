@@ -1,14 +1,16 @@
 """Submission: stream an input file into a job, chunk by chunk, and enqueue each chunk as it is stored."""
 
+import codecs
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cascade.broker.intake import Intake, duplicate
 from cascade.broker.settings import Settings
 from cascade.workers import lifecycle
 from cascade.workers.errors import InputError
 from cascade.workers.items import Item, ItemError
-from cascade.workers.jobs import JobSpec, OnLLMError
+from cascade.workers.jobs import JobSpec, OnLLMError, parse_window
 from cascade.workers.lifecycle import Sweep
 from cascade.workers.manifest import read_manifest
 from cascade.workers.policy import load_policy
@@ -19,11 +21,29 @@ Enqueue = Callable[[str, int], None]
 
 
 def parse_file(path: Path, intake: Intake) -> Iterator[Item | ItemError]:
-    """Every non-blank line of a JSONL file, as an item or the error that refuses it."""
+    """Every non-blank line of a JSONL file, as an item or the error that refuses it. A UTF-8 byte order mark
+    at the start of the file is dropped; a line over ``intake.max_line_bytes`` is refused without being held in
+    memory."""
+    limit = intake.max_line_bytes
     with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+        line_no = 0
+        while raw := f.readline(limit + 1):
+            line_no += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                yield intake.too_long(line_no, len(raw) + _skip_line(f))
+                continue
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if raw.strip():
                 yield intake.parse(line_no, raw.rstrip(b"\r\n"))
+
+
+def _skip_line(f: BinaryIO) -> int:
+    """Reads past the rest of a line, a MiB at a time; returns how many bytes it had."""
+    size = 0
+    while (rest := f.readline(1024 * 1024)) and not rest.endswith(b"\n"):
+        size += len(rest)
+    return size + len(rest)
 
 
 class _Chunker:
@@ -53,12 +73,19 @@ class _Chunker:
         if not kept:
             return
         if self.chunks >= self.sent:
+            self.flush_refused()  # every line up to the chunk's last has its place once the chunk is stored
             self.store.put_chunk(self.job_id, self.chunks, kept)
             # A job asked to end meanwhile gets its chunks stored (its sweep reads them) but not enqueued.
             if self.store.status(self.job_id).accepts_work:
                 self.enqueue(self.job_id, self.chunks)
-            self.store.chunk_sent(self.job_id, self.chunks)
+            self.store.chunk_sent(self.job_id, self.chunks, kept[-1].line)
         self.chunks += 1
+
+
+def create_job(store: JobStore, settings: Settings, spec: JobSpec) -> str:
+    """A new job for a file the caller reads (the CLI), with the default completion window
+    (``CASCADE_COMPLETION_WINDOW``): a job nobody finishes still ends."""
+    return store.create(spec, window=parse_window(settings.completion_window, settings.job_ttl))
 
 
 def submit_file(
@@ -80,13 +107,13 @@ def submit_file(
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if job_id is None:
-        job_id = store.create(spec)
+        job_id = create_job(store, settings, spec)
     elif store.status(job_id).is_final:  # an intake delivered again after its job ended
         return job_id
     chunker = _Chunker(store, enqueue, job_id)
     chunk: list[Item] = []
     total = 0
-    for parsed in parse_file(path, Intake(settings.max_text_chars)):
+    for parsed in parse_file(path, Intake(settings.max_text_chars, settings.max_id_chars)):
         total += 1
         if isinstance(parsed, ItemError):
             chunker.refuse(parsed)
@@ -112,12 +139,15 @@ def build_spec(
     max_llm_cost: float | None = None,
     explore: float | None = None,
 ) -> JobSpec:
-    """A job's spec from a model folder and the options of `cascade submit` (or of an API batch)."""
+    """A job's spec from a model folder and the options of `cascade submit` (or of an API batch).
+
+    The job pins the manifest's ``identity`` (the head's checksum, bound to the encoder folder's for a ``minilm``
+    model): the workers load exactly what it names or fail the chunk; a policy must name the same."""
     manifest = read_manifest(model)
     policy = None
     if policy_file is not None:
         policy = load_policy(policy_file)
-        if policy.specialist_sha256 != manifest.model_sha256:
+        if policy.specialist_sha256 != manifest.identity:
             raise InputError(f"{policy_file}: calibrated for another specialist than {model}; calibrate again")
         if policy.llm_model != settings.llm_model:
             raise InputError(
@@ -128,7 +158,7 @@ def build_spec(
         policy = policy.model_copy(update={"explore_rate": rate})
     return JobSpec(
         model_path=str(model.resolve()),
-        model_sha256=manifest.model_sha256,
+        model_sha256=manifest.identity,
         threshold=threshold,
         top_k=settings.top_k if top_k is None else top_k,
         on_llm_error=on_llm_error,

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,8 @@ def test_worker_killed_mid_chunk_another_finishes(
 ) -> None:
     rows = banking_rows(600, prefix="k")
     path = write_jsonl(tmp_path / "in.jsonl", rows)
-    short = {"CASCADE_VISIBILITY_TIMEOUT": "10"}  # redeliver unacknowledged tasks quickly
+    # redeliver unacknowledged tasks soon, yet after the longest LLM chunk here (its time limit is 80% of it)
+    short = {"CASCADE_VISIBILITY_TIMEOUT": "60"}
     first = start_worker(queues="specialist,llm", concurrency=1, **short)
     job = submit(settings, path, banking_model, "--threshold", "0.8")
     deadline = time.monotonic() + 300
@@ -169,33 +171,63 @@ def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("redis-server did not start")
 
 
-def test_redis_restarted_mid_job_loses_nothing(
+def _until(what: str, done: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_redis_killed_mid_job_loses_nothing(
     settings: Settings, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    """A Redis of the test's own, persisting (appendonly, fsync always, noeviction), restarted mid-job."""
+    """A Redis of the test's own, persisting (appendonly, fsync always, noeviction), killed with SIGKILL three
+    times in one job (while the worker's intake task reads the file, half-way, near the end) and started again:
+    no task loses its message, the worker survives, every line ends exactly once."""
+    from cascade.broker.celery_app import CascadeCelery, configure, send_intake
+    from cascade.broker.submit import build_spec
+
     port = free_port()
     server = _redis_server(port, tmp_path)
     own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/1"})
     store = RedisJobStore.from_url(own.redis_url, own.job_ttl)
-    rows = sms_copies("r", 6)
-    path = write_jsonl(tmp_path / "in.jsonl", rows)
-    env = {"CASCADE_REDIS_URL": own.redis_url, "CASCADE_VISIBILITY_TIMEOUT": "5"}
+    rows = sms_copies("r", 12)
+    write_jsonl(Path(own.files_dir) / "file-redis-killed", rows)
+    n = len(rows)
+    chunk = 2000  # the worker's intake makes the chunks
     try:
-        job = submit(own, path, sms_model, "--threshold", "0")
-        start_worker(queues="specialist", concurrency=1, **env)
-        deadline = time.monotonic() + 120
-        while store.get(job).counts.completed < 2000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store.get(job).status is JobStatus.IN_PROGRESS
-        redis.Redis(port=port).shutdown()  # persists the append-only file, then exits
-        server.wait(timeout=30)
-        time.sleep(2)
-        server = _redis_server(port, tmp_path)
-        deadline = time.monotonic() + 300
-        while not store.get(job).status.is_final and time.monotonic() < deadline:
-            time.sleep(0.5)
+        job = store.create(build_spec(own, sms_model, threshold=0.0))
+        client = configure(CascadeCelery("cascade-test"), own)  # its own connection pool, to this Redis
+        send_intake(client, job, "file-redis-killed")
+        client.close()
+        env = {"CASCADE_REDIS_URL": own.redis_url, "CASCADE_VISIBILITY_TIMEOUT": "10", "CASCADE_CHUNK_SIZE": str(chunk)}
+        worker = start_worker(queues="specialist", concurrency=2, **env)
+
+        def progress() -> tuple[str, int, int]:
+            try:
+                view = store.get(job)
+                return view.status.value, view.counts.completed + view.counts.failed, store.chunks_sent(job)
+            except (redis.ConnectionError, redis.TimeoutError):
+                return "down", 0, 0
+
+        moments = {
+            "the intake reads the file": lambda s, done, sent: s == "validating" and sent >= 5,
+            "half-way": lambda s, done, sent: s == "in_progress" and done >= n // 2,
+            "near the end": lambda s, done, sent: s == "in_progress" and done >= n - 2 * chunk,
+        }
+        for what, due in moments.items():
+            _until(what, lambda due=due: due(*progress()))
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+            time.sleep(2)
+            server = _redis_server(port, tmp_path)
+        _until("the job's end", lambda: progress()[0] in {s.value for s in JobStatus if s.is_final}, timeout=300)
         assert store.get(job).status is JobStatus.COMPLETED
-        every_line_once(own, job, len(rows), tmp_path)
+        every_line_once(own, job, n, tmp_path)
+        assert worker.poll() is None, "the worker survives Redis's restarts"
+        log = (tmp_path / "worker-0.log").read_text()
+        assert "reject requeue=False" not in log
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -271,3 +303,35 @@ def test_an_upload_the_worker_cannot_see_fails_its_batch_saying_why(
     assert view.status is JobStatus.FAILED
     assert view.error is not None
     assert "CASCADE_FILES_DIR must be shared" in view.error
+
+
+def test_a_cli_client_killed_mid_intake_leaves_a_job_the_reaper_ends(
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """`cascade submit` SIGKILLed while it reads its file: nobody will finish the intake. The reaper (in a worker)
+    sees the job stalled, fails it naming the last line read, and sweeps what was stored: every line read ends
+    exactly once in the results or the errors."""
+    rows = sms_copies("c", 40)
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    fast_reaper = {"CASCADE_STALL_SECONDS": "3", "CASCADE_REAPER_INTERVAL": "1"}
+    start_worker(queues="specialist", concurrency=1, **fast_reaper)
+    client = subprocess.Popen(
+        [CASCADE, "submit", str(path), "--model", str(sms_model), "--threshold", "0"],
+        env=_env(settings),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    job = client.stdout.readline().strip()  # printed before the intake starts
+    _until("a few chunks stored", lambda: store.chunks_sent(job) >= 3)
+    client.kill()
+    client.wait()
+    client.stdout.close()
+    view = store.get(job)
+    assert view.status is JobStatus.VALIDATING, "kill the client while it reads the file"
+    view = store.wait(job, timeout=120)
+    assert view.status is JobStatus.FAILED
+    assert view.error is not None
+    last = int(view.error.split("the input lines after line ")[1].split()[0])
+    assert last >= view.lines_read
+    every_line_once(settings, job, last, tmp_path)

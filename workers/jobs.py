@@ -1,10 +1,15 @@
 """The job model: what a job asks for, its status and counts. Its items and records are in ``items``."""
 
+import re
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cascade.workers.errors import InputError
 from cascade.workers.policy import Policy
+
+_WINDOW = re.compile(r"^(\d+)([smh])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 class JobStatus(str, Enum):
@@ -35,8 +40,13 @@ class JobStatus(str, Enum):
 
 
 
-INTERIM = {JobStatus.CANCELLED: JobStatus.CANCELLING, JobStatus.EXPIRED: JobStatus.FINALIZING}
-"""A job that ends early passes through an interim status (no new chunk starts, its sweep runs) to its final one."""
+INTERIM = {
+    JobStatus.CANCELLED: JobStatus.CANCELLING,
+    JobStatus.EXPIRED: JobStatus.FINALIZING,
+    JobStatus.FAILED: JobStatus.FINALIZING,
+}
+"""A job that ends early passes through an interim status (no new chunk starts, its sweep runs) to its final one:
+cancelled by its owner, expired past its window, or failed by the reaper (its intake or its chunks stalled)."""
 
 
 class OnLLMError(str, Enum):
@@ -97,6 +107,16 @@ class JobView(BaseModel):
     specialist_seconds: float = 0.0
     llm_seconds: float = 0.0
     error: str | None = None
+    expires_at: float | None = None
+    """When the job's completion window ends."""
+    progress_at: float | None = None
+    """When the job last moved: a chunk stored by the intake, a record written, a re-send by the reaper."""
+    lines_read: int = 0
+    """The input line up to which the intake has stored every line (as an item of a chunk, or a refusal)."""
+    chunks_sent: int = 0
+    """Chunks the intake has stored and enqueued so far."""
+    reaps: int = 0
+    """How many times the reaper re-sent the job's missing work."""
 
 
 class TierStats(BaseModel):
@@ -122,3 +142,14 @@ class JobStats(BaseModel):
     """Prompt + completion tokens of the LLM answers recorded."""
     llm_requests: int = 0
     """LLM answers recorded (requests that were answered)."""
+
+
+def parse_window(window: str, max_seconds: int) -> int:
+    """A completion window (``24h``, ``90m``, ``30s``) in seconds; at most ``max_seconds`` (the job's lifetime)."""
+    match = _WINDOW.match(window.strip())
+    if match is None:
+        raise InputError(f"completion_window {window!r}: expected a duration such as 24h, 90m or 30s")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 0 < seconds <= max_seconds:
+        raise InputError(f"completion_window {window!r}: must be between 1s and {max_seconds}s (CASCADE_JOB_TTL)")
+    return seconds

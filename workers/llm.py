@@ -9,13 +9,14 @@ connection errors, timeouts, 429 and 5xx answers with exponential backoff.
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 from cascade.monitoring.metrics import STAGE_SECONDS
 from cascade.workers.config import LLMConfig
@@ -82,6 +83,26 @@ def choice_confidence(tokens: Sequence[dict[str, Any]], candidates: Sequence[str
     return min(max(confidence, 0.0), 1.0)
 
 
+BAD = "bad_response"
+"""The error kind of an answer that is not a well-formed chat completion (no choices, no message, not JSON)."""
+
+
+def _answer(response: ChatCompletion, candidates: Sequence[str]) -> LLMAnswer:
+    """The label and its confidence from a completion; ``LLMError`` (bad_response) for any malformed one."""
+    try:
+        choice = response.choices[0]
+        label = (choice.message.content or "").strip()
+        tokens = [t.model_dump() for t in (choice.logprobs.content or [])] if choice.logprobs else []
+        usage = response.usage
+        prompt, completion = (int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else (0, 0)
+        confidence = choice_confidence(tokens, candidates) if tokens else float("nan")
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise LLMError(f"the server's completion is malformed ({type(e).__name__}: {e})", BAD) from e
+    if label not in candidates:
+        raise LLMContractError(f"the server answered {label[:80]!r}, which is not one of the candidates")
+    return LLMAnswer(label=label, confidence=confidence, prompt_tokens=prompt, completion_tokens=completion)
+
+
 class LLMClient:
     """Classifies texts among candidate labels with a vLLM server. Create and use it inside one event loop."""
 
@@ -127,33 +148,40 @@ class LLMClient:
             )
         except openai.APIError as e:
             raise LLMError(f"{type(e).__name__}: {e}", kind=_kind(e)) from e
+        except Exception as e:  # a 200 that is no chat completion (not JSON, an HTML page): the client's parse fails
+            raise LLMError(f"the server's answer is not a chat completion ({type(e).__name__}: {e})", BAD) from e
         finally:
             STAGE_SECONDS.labels(stage="llm_request").observe(time.perf_counter() - start)
-        choice = response.choices[0]
-        label = (choice.message.content or "").strip()
-        if label not in candidates:
-            raise LLMContractError(f"the server answered {label[:80]!r}, which is not one of the candidates")
-        tokens = [t.model_dump() for t in (choice.logprobs.content or [])] if choice.logprobs else []
-        usage = response.usage
-        return LLMAnswer(
-            label=label,
-            confidence=choice_confidence(tokens, candidates) if tokens else float("nan"),
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-        )
+        return _answer(response, candidates)
 
-    async def classify_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[LLMAnswer | LLMError]:
-        """Many items at once, at most ``llm_concurrency`` in flight; a failed item gives its error."""
+    async def classify_each(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> AsyncIterator[tuple[int, LLMAnswer | LLMError]]:
+        """Many items at once, at most ``concurrency`` in flight, each answer (or its error) yielded with its index
+        as soon as it arrives, so that the caller can record it at once."""
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(text: str, candidates: Sequence[str]) -> LLMAnswer | LLMError:
+        async def one(i: int, text: str, candidates: Sequence[str]) -> tuple[int, LLMAnswer | LLMError]:
             async with gate:
                 try:
-                    return await self.classify(text, candidates)
+                    return i, await self.classify(text, candidates)
                 except LLMError as e:
-                    return e
+                    return i, e
 
-        return list(await asyncio.gather(*(one(t, c) for t, c in requests)))
+        tasks = [asyncio.ensure_future(one(i, t, c)) for i, (t, c) in enumerate(requests)]
+        try:
+            for done in asyncio.as_completed(tasks):
+                yield await done
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def classify_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[LLMAnswer | LLMError]:
+        """Many items at once; the answers in the order of the requests."""
+        answers: dict[int, LLMAnswer | LLMError] = {}
+        async for i, answer in self.classify_each(requests):
+            answers[i] = answer
+        return [answers[i] for i in range(len(requests))]
 
     async def check_constrained(self) -> None:
         """Refuse a server that does not constrain its answers to the given choices."""

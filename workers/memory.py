@@ -27,6 +27,10 @@ class _Job:
     chunks_sent: int = 0
     finished_at: float | None = None
     error: str | None = None
+    progress_at: float | None = None
+    lines_read: int = 0
+    reaps: int = 0
+    deliveries: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     budget_spent: float = 0.0
     budget_taken: dict[int, int] = field(default_factory=dict)
@@ -84,6 +88,11 @@ class MemoryJobStore:
             specialist_seconds=job.seconds.get("specialist", 0.0),
             llm_seconds=job.seconds.get("llm", 0.0),
             error=job.error,
+            expires_at=job.expires_at,
+            progress_at=job.progress_at,
+            lines_read=job.lines_read,
+            chunks_sent=job.chunks_sent,
+            reaps=job.reaps,
         )
 
     def stats(self, job_id: str) -> JobStats:
@@ -129,8 +138,9 @@ class MemoryJobStore:
     def chunks_sent(self, job_id: str) -> int:
         return self._job(job_id).chunks_sent
 
-    def chunk_sent(self, job_id: str, index: int) -> None:
-        self._job(job_id).chunks_sent = index + 1
+    def chunk_sent(self, job_id: str, index: int, lines_read: int) -> None:
+        job = self._job(job_id)
+        job.chunks_sent, job.lines_read, job.progress_at = index + 1, lines_read, time.time()
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
         job = self._job(job_id)
@@ -166,6 +176,8 @@ class MemoryJobStore:
             if e.custom_id not in job.results and e.custom_id not in job.errors:
                 job.errors[e.custom_id] = e
                 new_errors.append(e)
+        if new_results or new_errors:
+            job.progress_at = time.time()
         finished = bool(results or errors) and self._try_finish(job)
         return Recorded(new_results, new_errors, finished)
 
@@ -204,13 +216,16 @@ class MemoryJobStore:
         job = self._job(job_id)
         yield from [*job.invalid.values(), *job.errors.values()]
 
-    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False) -> bool:
+    def request_end(
+        self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None
+    ) -> bool:
         job = self._job(job_id)
         if not job.status.accepts_work:
             return False
         if only_if_due and (job.expires_at is None or job.expires_at > time.time()):
             return False
         job.status, job.ending = INTERIM[final], final
+        job.error = reason or job.error
         return job.total is not None
 
     def ending(self, job_id: str) -> JobStatus | None:
@@ -221,6 +236,19 @@ class MemoryJobStore:
         job = self._job(job_id)
         if job.status.is_final:
             return False
-        job.status, job.finished_at, job.error = status, time.time(), error
+        job.status, job.finished_at, job.error = status, time.time(), error or job.error
         job.items.clear()
         return True
+
+    def active_ids(self) -> list[str]:
+        return [job_id for job_id, job in self.jobs.items() if not job.status.is_final]
+
+    def count_delivery(self, job_id: str, task: str) -> int:
+        deliveries = self._job(job_id).deliveries
+        deliveries[task] = deliveries.get(task, 0) + 1
+        return deliveries[task]
+
+    def count_reap(self, job_id: str) -> int:
+        job = self._job(job_id)
+        job.reaps, job.progress_at = job.reaps + 1, time.time()
+        return job.reaps

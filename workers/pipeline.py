@@ -214,23 +214,48 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
     return [e for e in escalated if e.custom_id in pending]
 
 
-async def answer_escalations(
-    client: LLMClient, escalations: Sequence[Escalation], on_error: OnLLMError
-) -> tuple[list[ItemResult], list[ItemError]]:
-    answers = await client.classify_many([(e.text, e.candidates) for e in escalations])
-    results: list[ItemResult] = []
-    errors: list[ItemError] = []
-    for esc, answer in zip(escalations, answers, strict=True):
-        record = llm_result(esc, answer) if isinstance(answer, LLMAnswer) else llm_failure(esc, answer, on_error)
+def llm_record(esc: Escalation, answer: LLMAnswer | LLMError, on_error: OnLLMError) -> ItemResult | ItemError:
+    return llm_result(esc, answer) if isinstance(answer, LLMAnswer) else llm_failure(esc, answer, on_error)
+
+
+class _Recorder:
+    """Writes a chunk's LLM records as they come, in small groups: a worker killed mid-chunk loses (and pays
+    again for) at most the requests in flight and one group."""
+
+    def __init__(self, store: JobStore, job_id: str, spec: JobSpec, group: int, seconds: float) -> None:
+        self.store, self.job_id, self.spec = store, job_id, spec
+        self.group, self.seconds = group, seconds
+        self.results: list[ItemResult] = []
+        self.errors: list[ItemError] = []
+        self.last = time.monotonic()
+
+    def add(self, record: ItemResult | ItemError) -> None:
         if isinstance(record, ItemResult):
-            results.append(record)
+            self.results.append(record)
         else:
-            errors.append(record)
-    return results, errors
+            self.errors.append(record)
+        if len(self.results) + len(self.errors) >= self.group or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.results and not self.errors:
+            return
+        recorded = self.store.record(self.job_id, results=self.results, errors=self.errors)
+        self.results, self.errors, self.last = [], [], time.monotonic()
+        instrument.llm_answers(self.spec, recorded.results, recorded.errors)
+        lifecycle.finished(self.store, self.job_id, recorded)
 
 
-async def run_llm_chunk(store: JobStore, client: LLMClient, job_id: str, escalations: Sequence[Escalation]) -> None:
-    """Ask the LLM about the escalations that still have no record, and store the answers."""
+async def run_llm_chunk(
+    store: JobStore,
+    client: LLMClient,
+    job_id: str,
+    escalations: Sequence[Escalation],
+    group: int = 16,
+    group_seconds: float = 1.0,
+) -> None:
+    """Ask the LLM about the escalations that still have no record, recording the answers as they arrive (at most
+    ``group`` answers or ``group_seconds`` between writes)."""
     if not store.status(job_id).accepts_work:
         return
     pending = set(store.unrecorded(job_id, [e.custom_id for e in escalations]))
@@ -238,15 +263,27 @@ async def run_llm_chunk(store: JobStore, client: LLMClient, job_id: str, escalat
     if not todo:
         return
     spec = store.spec(job_id)
+    recorder = _Recorder(store, job_id, spec, group, group_seconds)
     start = time.perf_counter()
     metrics.IN_FLIGHT.labels(tier="llm").inc(len(todo))
     try:
-        results, errors = await answer_escalations(client, todo, spec.on_llm_error)
-        recorded = store.record(job_id, results=results, errors=errors)
+        async for i, answer in client.classify_each([(e.text, e.candidates) for e in todo]):
+            recorder.add(llm_record(todo[i], answer, spec.on_llm_error))
+        recorder.flush()
     finally:
         metrics.IN_FLIGHT.labels(tier="llm").dec(len(todo))
     seconds = time.perf_counter() - start
     store.add_seconds(job_id, "llm", seconds)
-    instrument.llm_answers(spec, recorded.results, recorded.errors)
     instrument.llm_chunk_seconds(seconds)
-    lifecycle.finished(store, job_id, recorded)
+
+
+def fail_escalations(store: JobStore, job_id: str, escalations: Sequence[Escalation], error: LLMError) -> None:
+    """Record every escalation still without a record as the LLM failing on it (the job's ``on_llm_error``
+    decides: the specialist's answer, marked, or an error), when its LLM chunk cannot run at all."""
+    spec = store.spec(job_id)
+    pending = set(store.unrecorded(job_id, [e.custom_id for e in escalations]))
+    recorder = _Recorder(store, job_id, spec, group=len(escalations) or 1, seconds=float("inf"))
+    for esc in escalations:
+        if esc.custom_id in pending:
+            recorder.add(llm_failure(esc, error, spec.on_llm_error))
+    recorder.flush()

@@ -90,7 +90,10 @@ class JobStore(Protocol):
         """How many chunks the intake has already stored and enqueued (an intake that runs again skips them)."""
         ...
 
-    def chunk_sent(self, job_id: str, index: int) -> None: ...
+    def chunk_sent(self, job_id: str, index: int, lines_read: int) -> None:
+        """Chunk ``index`` is stored and enqueued, and every input line up to ``lines_read`` has its place (an item
+        in a stored chunk, or a refusal): the intake's progress."""
+        ...
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
         """Record how many lines and chunks the job has; a validating job with chunks starts running."""
@@ -117,10 +120,13 @@ class JobStore(Protocol):
         ...
 
     # --- ending ---
-    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False) -> bool:
-        """Ask a running job to end early as ``final`` (cancelled through cancelling, expired through
-        finalizing; with ``only_if_due`` only if its completion window has passed). True when its sweep is due
-        now; False when nothing was to be done or the intake will ask for the sweep once the input is read."""
+    def request_end(
+        self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None
+    ) -> bool:
+        """Ask a running job to end early as ``final`` (cancelled through cancelling; expired or failed through
+        finalizing; with ``only_if_due`` only if its completion window has passed); ``reason`` becomes the job's
+        error. True when its sweep is due now; False when nothing was to be done or the intake will ask for the
+        sweep once the input is read."""
         ...
 
     def ending(self, job_id: str) -> JobStatus | None:
@@ -129,4 +135,18 @@ class JobStore(Protocol):
 
     def end(self, job_id: str, status: JobStatus, error: str | None = None) -> bool:
         """Move a job to a final status; False when it had already ended."""
+        ...
+
+    # --- the reaper's view ---
+    def active_ids(self) -> list[str]:
+        """The jobs that have not ended."""
+        ...
+
+    def count_delivery(self, job_id: str, task: str) -> int:
+        """Count one more delivery of a task of the job (``task`` names it, e.g. ``specialist:3``); returns the
+        count, this delivery included."""
+        ...
+
+    def count_reap(self, job_id: str) -> int:
+        """Count one more re-send of the job's missing work (and note it as progress); returns the count."""
         ...

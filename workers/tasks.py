@@ -1,13 +1,23 @@
-"""Celery tasks: thin wrappers that give the plain functions of ``workers.pipeline`` their resources."""
+"""Celery tasks: thin wrappers that give the plain functions of ``cascade.workers.pipeline`` their resources.
+
+Every task body is guarded: Redis unreachable is waited for, in the task (its message is never dropped); anything
+else a chunk raises ends its items in the error file with a code (``internal_error``, ``time_limit``), never a lost
+chunk; a chunk started more than ``CASCADE_MAX_DELIVERIES`` times (its worker died on it each time) fails its items
+(``delivery_limit``). What even this cannot record, the reaper (``cascade.broker.reaper``) finds.
+"""
 
 import asyncio
+import logging
 import os
 import time
-from functools import lru_cache, partial
-from typing import Any
+from collections.abc import Callable
+from functools import lru_cache, partial, wraps
+from typing import Any, ParamSpec, TypeVar
 
 import redis
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
+from kombu.exceptions import OperationalError
 from prometheus_client import multiprocess
 
 from cascade.broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
@@ -17,13 +27,43 @@ from cascade.broker.store import RedisJobStore
 from cascade.broker.submit import submit_file
 from cascade.workers import instrument, lifecycle
 from cascade.workers import specialist as specialist_model
-from cascade.workers.errors import CascadeError, ModelError
+from cascade.workers.errors import CascadeError, LLMError, ModelError
 from cascade.workers.items import ErrorCode, Escalation
 from cascade.workers.llm import LLMClient
-from cascade.workers.pipeline import run_llm_chunk, run_specialist_chunk
+from cascade.workers.pipeline import fail_escalations, run_llm_chunk, run_specialist_chunk
+from cascade.workers.storage import JobStore
 
-# Redis unreachable: the task is retried with backoff until Redis answers again.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+# Redis unreachable (redis-py's errors; kombu's OperationalError when a task sends another one).
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _until_redis_answers(run: Callable[P, R]) -> Callable[P, R]:
+    """Run an idempotent task body again, in the same process, with backoff, while Redis does not answer.
+
+    Not Celery's retry: it publishes a new message, which fails while Redis is down, and Celery then rejects the
+    delivered message without requeue, deleting its only copy from Redis's unacked hash. Here the delivered message
+    stays unacknowledged until the body has run. Past half the visibility timeout (before Redis would deliver it
+    again to another worker) the message is rejected with requeue: back to the queue, or, Redis still down, left in
+    the unacked hash and delivered again after the visibility timeout."""
+
+    @wraps(run)
+    def patient(*args: P.args, **kwargs: P.kwargs) -> R:
+        deadline = time.monotonic() + _settings().visibility_timeout / 2
+        delay = 0.5
+        while True:
+            try:
+                return run(*args, **kwargs)
+            except _TRANSIENT as e:
+                if time.monotonic() + delay > deadline:
+                    raise Reject(f"Redis unreachable: {e}", requeue=True) from e
+                log.warning("Redis unreachable (%s); running the task again in %.1f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return patient
 
 
 def _settings() -> Settings:
@@ -46,14 +86,29 @@ def _store(url: str, ttl: int) -> RedisJobStore:
 
 @lru_cache(maxsize=4)
 def _specialist(path: str, sha256: str) -> specialist_model.Specialist:
-    return specialist_model.load(path, expected_sha256=sha256)
+    return specialist_model.load(path, expected_sha256=sha256, threads=_settings().encoder_threads)
 
 
 def _sweep(job_id: str) -> None:
     send_sweep(app, job_id)
 
 
-@app.task(name=TaskName.INTAKE.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+def _failure(e: BaseException) -> tuple[ErrorCode, str]:
+    """The code and message of a chunk that raised: what the error file says about its items."""
+    if isinstance(e, SoftTimeLimitExceeded):
+        return ErrorCode.TIME_LIMIT, "the chunk ran past its time limit (CASCADE_VISIBILITY_TIMEOUT)"
+    return ErrorCode.INTERNAL_ERROR, f"processing failed ({type(e).__name__}: {e})"
+
+
+def _over_delivered(store: JobStore, job_id: str, task: str, limit: int) -> int | None:
+    """How often the task has started, when that is more than ``limit`` (each start counts: a redelivery after
+    its worker died; a message redelivered before it ever started does not), else None."""
+    starts = store.count_delivery(job_id, task)
+    return starts if starts > limit else None
+
+
+@app.task(name=TaskName.INTAKE.value)  # type: ignore[untyped-decorator]
+@_until_redis_answers
 def intake_file(job_id: str, file_id: str) -> None:
     """Read an uploaded file into its job: the API only stores the file, so that a job never waits on the API
     process. The file store is shared by the API and the specialist workers. Delivered again after a crash, it
@@ -73,22 +128,45 @@ def intake_file(job_id: str, file_id: str) -> None:
     enqueue = partial(send_specialist_chunk, app)
     try:
         submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
+    except _TRANSIENT:
+        raise
     except (OSError, CascadeError) as e:  # a file that cannot be read: the batch fails saying why, not stuck
-        lifecycle.fail_job(store, job_id, f"reading input file {file_id} failed: {e}")
+        lifecycle.fail_intake(store, _sweep, job_id, f"reading input file {file_id} failed: {e}")
+    except Exception as e:  # the last resort: the batch ends, saying why
+        log.exception("intake of %s failed", job_id)
+        lifecycle.fail_intake(store, _sweep, job_id, f"reading input file {file_id} failed: {_failure(e)[1]}")
 
 
-@app.task(name=TaskName.SWEEP.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+@app.task(name=TaskName.SWEEP.value)  # type: ignore[untyped-decorator]
+@_until_redis_answers
 def sweep(job_id: str) -> None:
     settings = _settings()
     lifecycle.sweep_job(_store(settings.redis_url, settings.job_ttl), job_id)
 
 
-@app.task(name=TaskName.SPECIALIST.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
+@app.task(name=TaskName.SPECIALIST.value)  # type: ignore[untyped-decorator]
+@_until_redis_answers
 def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> int:
     instrument.queue_waited("specialist", sent_at, time.time())
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
     lifecycle.expire_if_due(store, _sweep, job_id)
+    delivered = _over_delivered(store, job_id, f"specialist:{index}", settings.max_deliveries)
+    if delivered is not None:
+        message = f"the chunk was started {delivered} times without finishing (CASCADE_MAX_DELIVERIES)"
+        lifecycle.fail_chunk(store, job_id, index, ErrorCode.DELIVERY_LIMIT, message)
+        return 0
+    try:
+        return _specialist_chunk(store, job_id, index)
+    except _TRANSIENT:
+        raise
+    except Exception as e:  # the last resort: the chunk's items end in the error file, saying why
+        log.exception("specialist chunk %s of %s failed", index, job_id)
+        lifecycle.fail_chunk(store, job_id, index, *_failure(e))
+        return 0
+
+
+def _specialist_chunk(store: RedisJobStore, job_id: str, index: int) -> int:
     spec = store.spec(job_id)
     try:
         model = _specialist(spec.model_path, spec.model_sha256)
@@ -97,21 +175,37 @@ def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> i
         return 0
     escalations = run_specialist_chunk(store, model, job_id, index)
     if escalations:
-        send_llm_chunk(app, job_id, escalations)
+        send_llm_chunk(app, job_id, escalations, index)
     return len(escalations)
 
 
-@app.task(name=TaskName.LLM.value, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=None)  # type: ignore[untyped-decorator]
-def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None) -> None:
-    """``escalations``: ``Escalation`` records as JSON (the message body); validated back into records here."""
+@app.task(name=TaskName.LLM.value)  # type: ignore[untyped-decorator]
+@_until_redis_answers
+def llm_chunk(
+    job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None, chunk: int | None = None
+) -> None:
+    """``escalations``: ``Escalation`` records as JSON (the message body); validated back into records here.
+    ``chunk``: the specialist chunk they come from."""
     instrument.queue_waited("llm", sent_at, time.time())
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
     lifecycle.expire_if_due(store, _sweep, job_id)  # a job whose specialist chunks are all done still expires
     items = [Escalation.model_validate(e) for e in escalations]
+    delivered = _over_delivered(store, job_id, f"llm:{chunk}", settings.max_deliveries)
+    if delivered is not None:
+        message = f"its LLM chunk was started {delivered} times without finishing (CASCADE_MAX_DELIVERIES)"
+        fail_escalations(store, job_id, items, LLMError(message, kind=ErrorCode.DELIVERY_LIMIT.value))
+        return
 
     async def run() -> None:
         async with LLMClient(settings.llm_config()) as client:
             await run_llm_chunk(store, client, job_id, items)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except _TRANSIENT:
+        raise
+    except Exception as e:  # the last resort: each unanswered item gets its LLM error, saying why
+        log.exception("LLM chunk %s of %s failed", chunk, job_id)
+        code, message = _failure(e)
+        fail_escalations(store, job_id, items, LLMError(message, kind=code.value))

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
@@ -16,6 +17,7 @@ from openai.types import Batch
 
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
+from cascade.broker.submit import build_spec
 from tests.conftest import CASCADE, WorkerFactory, _env, dataset, free_port, write_jsonl
 
 TOKENS = "tok-a=team-a,tok-b=team-b"
@@ -226,3 +228,175 @@ def test_a_batch_past_its_completion_window_expires_with_every_line_in_the_error
     errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
     assert sorted(e["error"]["line"] for e in errors) == list(range(1, len(rows) + 1))
     assert {e["error"]["code"] for e in errors} == {"batch_expired", "invalid_json"}
+
+
+# Errors: always OpenAI's error object, with OpenAI's status codes; never a 500 for bad input.
+
+
+def error_of(response: httpx2.Response, status: int) -> dict[str, Any]:
+    """The error object of a response, checked to be OpenAI's shape and status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "\n" not in body["error"]["message"]
+    return dict(body["error"])
+
+
+def one_line_file(client: openai.OpenAI, tmp_path: Path) -> str:
+    return upload(client, write_jsonl(tmp_path / "one.jsonl", [{"custom_id": "x", "text": "hello"}]))
+
+
+def test_a_threshold_outside_0_to_1_is_a_400_naming_the_field(api_url: str, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=api_url, api_key="tok-a", max_retries=0)
+    file_id = one_line_file(client, tmp_path)
+    for threshold in ["2", "-1", "nan", "inf", "-inf", "half"]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.batches.create(
+                input_file_id=file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"cascade_threshold": threshold},
+            )
+        assert (raised.value.param, raised.value.code) == ("metadata.cascade_threshold", "invalid_value"), threshold
+        assert "between 0 and 1" in raised.value.message
+    ok = client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"cascade_threshold": "1"},
+    )  # the bounds themselves are valid
+    assert ok.status in {"validating", "in_progress", "completed"}
+    assert [b.id for b in client.batches.list().data] == [ok.id]  # the refused ones left nothing behind
+
+
+def test_metadata_beyond_openai_limits_is_a_400(api_url: str, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=api_url, api_key="tok-a", max_retries=0)
+    file_id = one_line_file(client, tmp_path)
+    too_much = [
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"k": "v" * 513},
+        {"big": "v" * 2_000_000},
+    ]
+    for metadata in too_much:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+            )
+        assert (raised.value.param, raised.value.code) == ("metadata", "invalid_value")
+        assert len(raised.value.message) < 200  # says what is wrong without echoing the input back
+    at_the_limits = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    ok = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", metadata=at_the_limits
+    )
+    assert ok.metadata == at_the_limits
+
+
+def test_malformed_requests_are_a_400_in_openai_shape_naming_the_parameter(api_url: str, tmp_path: Path) -> None:
+    auth = {"Authorization": "Bearer tok-a"}
+    batches = api_url + "/batches"
+    missing = error_of(httpx2.post(batches, json={"endpoint": "/v1/chat/completions"}, headers=auth), 400)
+    assert (missing["param"], missing["code"], missing["type"]) == (
+        "input_file_id",
+        "missing_required_parameter",
+        "invalid_request_error",
+    )
+    wrong_type = error_of(httpx2.post(batches, json={"input_file_id": 5, "endpoint": "x"}, headers=auth), 400)
+    assert (wrong_type["param"], wrong_type["code"]) == ("input_file_id", "invalid_value")
+    not_json = error_of(
+        httpx2.post(batches, content=b"{nope", headers=auth | {"Content-Type": "application/json"}), 400
+    )
+    assert not_json["code"] == "invalid_value"
+    limit = error_of(httpx2.get(batches, params={"limit": "many"}, headers=auth), 400)
+    assert (limit["param"], limit["code"]) == ("limit", "invalid_value")
+    no_purpose = error_of(httpx2.post(api_url + "/files", files={"file": ("a.jsonl", b"{}\n")}, headers=auth), 400)
+    assert (no_purpose["param"], no_purpose["code"]) == ("purpose", "missing_required_parameter")
+    client = openai.OpenAI(base_url=api_url, api_key="tok-a", max_retries=0)
+    file_id = one_line_file(client, tmp_path)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h")  # type: ignore[arg-type]
+    assert raised.value.param == "endpoint"
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="soon")  # type: ignore[arg-type]
+    assert raised.value.param == "completion_window"
+
+
+def test_auth_failures_are_a_401_and_missing_things_a_404_in_openai_shape(api_url: str) -> None:
+    for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}, {"Authorization": "Basic x"}]:
+        refused = error_of(httpx2.get(api_url + "/batches", headers=headers), 401)
+        assert (refused["code"], refused["type"]) == ("invalid_api_key", "invalid_request_error")
+    with pytest.raises(openai.AuthenticationError) as auth:
+        openai.OpenAI(base_url=api_url, api_key="tok-a-but-longer", max_retries=0).batches.list()
+    assert auth.value.code == "invalid_api_key"
+    client = openai.OpenAI(base_url=api_url, api_key="tok-a", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.batches.retrieve("batch_nope")
+    assert "batch_nope" in missing.value.message
+    for path in ["/files/file-nope", "/files/file-nope/content", "/files/file-out-nope/content", "/nowhere"]:
+        error_of(httpx2.get(api_url + path, headers={"Authorization": "Bearer tok-a"}), 404)
+
+
+def test_jobs_submitted_by_the_cli_are_no_callers_business(
+    api_url: str, settings: Settings, store: RedisJobStore, sms_model: Path
+) -> None:
+    """The CLI's jobs have the owner "", which no token can have."""
+    job_id = store.create(build_spec(settings, sms_model))
+    for token in ["tok-a", "tok-b"]:
+        client = openai.OpenAI(base_url=api_url, api_key=token, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve(job_id)
+        assert client.batches.list().data == []
+
+
+# A full disk under CASCADE_FILES_DIR: a 507 that says so, nothing left behind, uploads work again.
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (the tests run as root): the kernel's own ENOSPC, no fake. Unmounted at the end."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:  # tests/broker/test_files.py injects the fault instead
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_a_507_that_leaves_nothing_behind_and_uploads_work_again(
+    settings: Settings, sms_model: Path, redis_db: object, small_disk: Path, tmp_path: Path
+) -> None:
+    proc, url = start_api(settings.model_copy(update={"files_dir": str(small_disk)}), sms_model, tmp_path / "api.log")
+    try:
+        big = tmp_path / "big.jsonl"
+        big.write_bytes(b'{"custom_id": "x", "text": "' + b"a" * 2_000_000 + b'"}\n')
+        with big.open("rb") as f:
+            full = error_of(
+                httpx2.post(
+                    url + "/files",
+                    files={"file": ("big.jsonl", f)},
+                    data={"purpose": "batch"},
+                    headers={"Authorization": "Bearer tok-a"},
+                    timeout=30,
+                ),
+                507,
+            )
+        assert (full["code"], full["type"]) == ("insufficient_storage", "server_error")
+        assert "no space left" in full["message"].lower()
+        assert list(small_disk.iterdir()) == []  # the partial file is gone
+        client = openai.OpenAI(base_url=url, api_key="tok-a", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as again:  # the client sees it too, as a 5xx
+            upload(client, big)
+        assert again.value.status_code == 507
+        small = write_jsonl(tmp_path / "small.jsonl", [{"custom_id": str(i), "text": "x" * 1000} for i in range(600)])
+        file_id = upload(client, small)  # ~600 kB: fits only because nothing was left behind
+        assert client.files.content(file_id).read() == small.read_bytes()
+        assert [p.name for p in small_disk.iterdir()] == [file_id]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -1,8 +1,11 @@
 import json
+import random
+import time
 
 import pytest
 
-from cascade.broker.intake import Intake
+from cascade.broker import intake as intake_module
+from cascade.broker.intake import MAX_CUSTOM_ID_CHARS, MAX_LINE_BYTES, Intake
 from cascade.workers.items import ErrorCode, Item, ItemError
 
 
@@ -75,3 +78,183 @@ def test_bad_openai_lines_name_the_field(line: str, field: str) -> None:
     error = parse(Intake(100), 3, line)
     assert isinstance(error, ItemError)
     assert field in error.message
+
+
+# --- hostile lines: whatever a line holds, parse returns an Item or an ItemError, quickly --------------------
+
+DEEP = 200_000
+
+
+def refused(line: str | bytes, intake: Intake | None = None, n: int = 9) -> ItemError:
+    error = parse(intake or Intake(100), n, line)
+    assert isinstance(error, ItemError), error
+    assert error.line == n
+    assert error.message.startswith(f"line {n}: ")
+    error.model_dump_json()  # the error file takes it: nothing of the bad line that JSON cannot hold
+    return error
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * DEEP,
+        "[" * DEEP + "]" * DEEP,
+        '{"custom_id": "a", "text": ' + "[" * DEEP + "]" * DEEP + "}",
+        '{"custom_id": "a", "text": "hi", "x": ' + '{"a": ' * DEEP + "1" + "}" * DEEP + "}",
+        '{"custom_id": "a", "text": "hi", "x": ' + "[" * 65 + "]" * 65 + "}",
+    ],
+    ids=["open", "closed", "text", "objects", "just-over"],
+)
+def test_deeply_nested_line_is_refused_quickly(line: str) -> None:
+    start = time.perf_counter()
+    error = refused(line)
+    assert time.perf_counter() - start < 0.5
+    assert error.code == ErrorCode.TOO_DEEP.value
+    assert "nest" in error.message
+
+
+def test_brackets_inside_strings_and_moderate_nesting_are_not_depth() -> None:
+    text = "[{" * 1000 + " a JSON-looking text ]" * 3
+    item = parse(Intake(5000), 1, json.dumps({"custom_id": "a", "text": text, "x": [[[[[[[[{"y": [1]}]]]]]]]]}))
+    assert isinstance(item, Item)
+    assert item.text == text
+    escaped = parse(Intake(5000), 2, json.dumps({"custom_id": 'b"[', "text": '\\"' + "[" * 500}))
+    assert isinstance(escaped, Item)
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00", "\\uDBFF", "x\\udfffy"])
+@pytest.mark.parametrize("field", ["custom_id", "text", "label"])
+def test_lone_surrogate_is_refused_naming_the_field(field: str, escape: str) -> None:
+    fields = {"custom_id": '"a"', "text": '"hello"', "label": '"x"'} | {field: f'"{escape}"'}
+    line = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+    error = refused(line)
+    assert error.code == ErrorCode.INVALID_UNICODE.value
+    assert f"'{field}'" in error.message
+    assert error.custom_id == (None if field == "custom_id" else "a")
+
+
+def test_lone_surrogate_in_an_openai_message_is_refused_naming_the_message() -> None:
+    error = refused(openai_line("a", "why \\ud800").replace("\\\\ud800", "\\ud800"))
+    assert error.code == ErrorCode.INVALID_UNICODE.value
+    assert "'body.messages[1].content'" in error.message
+
+
+def test_surrogate_pairs_and_other_scripts_are_text() -> None:
+    item = parse(Intake(100), 1, '{"custom_id": "\\ud83d\\ude00-\u00e9", "text": "caf\u00e9 \\ud83d\\ude00 \u6f22"}')
+    assert item == Item(custom_id="\U0001f600-\u00e9", text="caf\u00e9 \U0001f600 \u6f22", line=1)
+
+
+def test_custom_id_over_the_limit_is_refused_without_keeping_it() -> None:
+    line = json.dumps({"custom_id": "x" * 20_000_000, "text": "hi"})
+    start = time.perf_counter()
+    error = refused(line, Intake(100, max_line_bytes=32 * 1024 * 1024))
+    assert time.perf_counter() - start < 2
+    assert error.code == ErrorCode.FIELD_TOO_LONG.value
+    assert "'custom_id'" in error.message
+    assert "512" in error.message
+    assert error.custom_id is None
+    assert len(error.message) < 200
+    too_long = refused(line)  # by default, a line of 20 MB is over the 16 MiB limit of a line
+    assert too_long.code == ErrorCode.LINE_TOO_LONG.value
+    assert str(MAX_LINE_BYTES) in too_long.message
+
+
+def test_custom_id_limit_is_512_characters_by_default_and_configurable() -> None:
+    assert MAX_CUSTOM_ID_CHARS == 512
+    assert isinstance(parse(Intake(100), 1, json.dumps({"custom_id": "\u00e9" * 512, "text": "hi"})), Item)
+    assert refused(json.dumps({"custom_id": "x" * 513, "text": "hi"})).code == ErrorCode.FIELD_TOO_LONG.value
+    longer = Intake(100, max_custom_id_chars=2000)
+    assert isinstance(parse(longer, 1, json.dumps({"custom_id": "x" * 2000, "text": "hi"})), Item)
+
+
+def test_label_over_the_limit_is_refused() -> None:
+    error = refused(json.dumps({"custom_id": "a", "text": "hi", "label": "x" * 513}))
+    assert error.code == ErrorCode.FIELD_TOO_LONG.value
+    assert "'label'" in error.message
+
+
+def test_nul_and_control_characters_are_kept_in_text_and_label() -> None:
+    item = parse(Intake(100), 1, '{"custom_id": "a\\u0000b", "text": "x\\u0000y\\u0007", "label": "l\\u0000"}')
+    assert item == Item(custom_id="a\x00b", text="x\x00y\x07", line=1, label="l\x00")
+
+
+@pytest.mark.parametrize("custom_id", ["", " ", "   ", "\t\n", "\u3000"])
+def test_custom_id_of_only_spaces_is_refused(custom_id: str) -> None:
+    error = refused(json.dumps({"custom_id": custom_id, "text": "hi"}))
+    assert error.code == ErrorCode.INVALID_FIELD.value
+    assert "'custom_id'" in error.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+        [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, {"type": "input_audio"}],
+        [],
+    ],
+)
+def test_openai_message_with_no_text_part_names_the_message(content: object) -> None:
+    error = refused(openai_line("a", content))
+    assert error.code == ErrorCode.INVALID_FIELD.value
+    assert "'body.messages[1].content'" in error.message
+    assert "no text" in error.message
+    assert "'text' is missing" not in error.message
+
+
+def test_openai_text_part_that_is_not_a_string_is_refused() -> None:
+    error = refused(openai_line("a", [{"type": "text", "text": 5}]))
+    assert error.code == ErrorCode.INVALID_FIELD.value
+    assert "'body.messages[1].content'" in error.message
+
+
+def test_blank_openai_text_names_the_message() -> None:
+    error = refused(openai_line("a", [{"type": "text", "text": "  "}]))
+    assert "'body.messages[1].content'" in error.message
+
+
+def test_integer_too_long_for_python_is_invalid_json() -> None:
+    error = refused('{"custom_id": "a", "text": "hi", "n": ' + "1" * 5000 + "}")
+    assert error.code == ErrorCode.INVALID_JSON.value
+
+
+def test_an_unexpected_failure_is_an_error_naming_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_: object) -> None:
+        raise ZeroDivisionError("surprise")
+
+    monkeypatch.setattr(intake_module, "_openai_text", boom)
+    error = refused(openai_line("a", "hi"))
+    assert error.code == ErrorCode.INVALID_LINE.value
+    assert "ZeroDivisionError" in error.message
+
+
+def _random_json(rnd: random.Random, depth: int = 0) -> object:
+    kind = rnd.randrange(8 if depth < 4 else 4)
+    atoms: list[object] = [None, True, rnd.random(), rnd.randrange(-(10**30), 10**30), "\ud800", "x\x00", " ", ""]
+    if kind < 4:
+        return rnd.choice(atoms)
+    if kind < 6:
+        return [_random_json(rnd, depth + 1) for _ in range(rnd.randrange(3))]
+    keys = ["custom_id", "text", "label", "body", "messages", "role", "content", "type", "url", "method"]
+    return {rnd.choice(keys): _random_json(rnd, depth + 1) for _ in range(rnd.randrange(4))}
+
+
+def test_parse_is_total_over_random_lines() -> None:
+    rnd = random.Random(7)
+    intake = Intake(50)
+    for n in range(3000):
+        obj = _random_json(rnd)
+        if n % 3 == 0:
+            obj = {
+                "custom_id": rnd.choice(["a", "\udc00", 5, " "]),
+                "text": _random_json(rnd),
+                "label": _random_json(rnd),
+            }
+        if n % 5 == 0:
+            obj = {"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [_random_json(rnd)]}}
+        raw = json.dumps(obj).encode()
+        if n % 7 == 0:  # cut and spliced bytes
+            cut = rnd.randrange(len(raw) + 1)
+            raw = raw[:cut] + bytes(rnd.randrange(256) for _ in range(rnd.randrange(4))) + raw[cut:]
+        parsed = intake.parse(n + 1, raw)
+        assert isinstance(parsed, Item | ItemError)
+        parsed.model_dump_json()

@@ -1,12 +1,15 @@
-"""Intake into the real Redis: duplicates found in the store, an intake that runs again, a job ended meanwhile."""
+"""Intake into the real Redis: duplicates found in the store, an intake that runs again, a job ended meanwhile,
+and files of hostile lines."""
 
 import json
+import time
 from pathlib import Path
 
+from cascade.broker.intake import Intake
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
-from cascade.broker.submit import submit_file
-from cascade.workers.items import ErrorCode
+from cascade.broker.submit import parse_file, submit_file
+from cascade.workers.items import ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
 from cascade.workers.lifecycle import cancel, sweep_job
 from tests.conftest import write_jsonl
@@ -19,7 +22,12 @@ def lines(n: int) -> list[dict[str, object] | str]:
 
 
 def test_duplicates_are_refused_after_the_first_across_chunks(store: RedisJobStore, tmp_path: Path) -> None:
-    rows = [*lines(3), {"custom_id": "c0", "text": "again"}, {"custom_id": "d", "text": "x" * 80}, *lines(5)[3:]]
+    rows: list[dict[str, object] | str] = [
+        *lines(3),
+        {"custom_id": "c0", "text": "again"},
+        {"custom_id": "d", "text": "x" * 80},
+        *lines(5)[3:],
+    ]
     rows.append({"custom_id": "d", "text": "a refused line does not reserve its custom_id"})
     sent: list[int] = []
     job = submit_file(
@@ -83,3 +91,112 @@ def test_a_job_cancelled_while_its_input_is_read_is_swept_when_it_is_stored(
         (6, "invalid_json"),
     ]
     assert json.loads(store.redis.hget(f"cascade:job:{job}:errors", "c0") or "{}")["message"].startswith("line 1: ")
+
+
+# --- hostile input: every line ends once in the stored chunks or the errors, and the job starts -------------
+
+DEEP = 200_000
+BOM = "\ufeff"
+IMAGE_ONLY = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}
+
+
+def test_a_bom_at_the_start_of_the_file_keeps_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"custom_id": "a", "text": "hi"}\r\n{"custom_id": "b", "text": "yo"}\r\n')
+    parsed = list(parse_file(path, Intake(100)))
+    assert parsed == [Item(custom_id="a", text="hi", line=1), Item(custom_id="b", text="yo", line=2)]
+
+
+def test_a_line_over_the_byte_limit_is_refused_and_the_next_keeps_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    huge = json.dumps({"custom_id": "h", "text": "x" * 5000})
+    path.write_text(f'{{"custom_id": "a", "text": "hi"}}\n{huge}\n{{"custom_id": "b", "text": "yo"}}\n{huge}')
+    first, second, third, fourth = parse_file(path, Intake(10_000, max_line_bytes=1000))
+    assert first == Item(custom_id="a", text="hi", line=1)
+    assert isinstance(second, ItemError)
+    assert (second.line, second.code) == (2, ErrorCode.LINE_TOO_LONG.value)
+    assert second.message == "line 2: the line has 5031 bytes, over the limit of 1000"
+    assert third == Item(custom_id="b", text="yo", line=3)
+    assert isinstance(fourth, ItemError)
+    assert (fourth.line, fourth.code) == (4, ErrorCode.LINE_TOO_LONG.value)
+
+
+def test_nul_characters_round_trip_through_the_redis_store(store: RedisJobStore) -> None:
+    job = store.create(SPEC)
+    item = Item(custom_id="n\x00ul", text="before\x00after", line=1, label="spam\x00")
+    assert store.claim_ids(job, [item]) == [True]
+    store.put_chunk(job, 0, [item])
+    assert store.chunk(job, 0) == [item]
+    result = ItemResult(
+        custom_id=item.custom_id,
+        line=1,
+        label="spam\x00",
+        confidence=0.9,
+        tier=Tier.SPECIALIST,
+        route=Route.ACCEPT,
+        specialist_label="spam\x00",
+        specialist_confidence=0.9,
+        gold=item.label,
+        correct=True,
+    )
+    assert store.record(job, results=[result]).results == [result]
+    assert list(store.iter_results(job)) == [result]
+
+
+def hostile_lines(tmp_path: Path) -> tuple[Path, dict[int, str], int]:
+    """A file mixing every hostile line with good ones: the path, the refused lines' codes, the line count."""
+    bad: list[tuple[str, str]] = [
+        ("[" * DEEP, "too_deep"),
+        ('{"custom_id": "deep", "text": ' + "[" * DEEP + "]" * DEEP + "}", "too_deep"),
+        ('{"custom_id": "\\ud800", "text": "hi"}', "invalid_unicode"),
+        ('{"custom_id": "\\udc00", "text": "hi"}', "invalid_unicode"),
+        ('{"custom_id": "s1", "text": "a \\ud800 b"}', "invalid_unicode"),
+        ('{"custom_id": "s2", "text": "a \\udc00 b"}', "invalid_unicode"),
+        ('{"custom_id": "s3", "text": "hi", "label": "\\ud800"}', "invalid_unicode"),
+        ('{"custom_id": "s4", "text": "hi", "label": "\\udc00"}', "invalid_unicode"),
+        (json.dumps({"custom_id": "x" * 20_000_000, "text": "hi"}), "line_too_long"),
+        (json.dumps({"custom_id": "x" * 1_000_000, "text": "hi"}), "field_too_long"),
+        (json.dumps({"custom_id": "   ", "text": "hi"}), "invalid_field"),
+        (
+            json.dumps({"custom_id": "img", "url": "/v1/chat/completions", "body": {"messages": [IMAGE_ONLY]}}),
+            "invalid_field",
+        ),
+        ('{"custom_id": "big", "text": "hi", "n": ' + "9" * 5000 + "}", "invalid_json"),
+    ]
+    odd = [
+        BOM + json.dumps({"custom_id": "bom", "text": "line one after a BOM"}),
+        '{"custom_id": "nul\\u0000", "text": "with a \\u0000 NUL", "label": "l\\u0000"}',
+        '{"custom_id": "\\ud83d\\ude00", "text": "an emoji \\ud83d\\ude00 as a surrogate pair"}',
+    ]
+    rows: list[tuple[str, str | None]] = [(odd[0], None)]
+    for i, refused in enumerate(bad):  # each bad line between good ones
+        rows += [(json.dumps({"custom_id": f"g{i}", "text": f"good text {i}"}), None), refused]
+    rows += [(line, None) for line in odd[1:]]
+    lines = [line for line, _ in rows]
+    codes = {n: code for n, (_, code) in enumerate(rows, start=1) if code is not None}
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, codes, len(lines)
+
+
+def test_a_file_of_hostile_lines_runs_its_good_lines_and_refuses_each_bad_one_once(
+    store: RedisJobStore, tmp_path: Path
+) -> None:
+    path, codes, n_lines = hostile_lines(tmp_path)
+    assert len(codes) == 13
+    sent: list[int] = []
+    start = time.perf_counter()
+    job = submit_file(store, lambda _, i: sent.append(i), Settings(chunk_size=4), path, SPEC)
+    assert time.perf_counter() - start < 10
+    items = [item for i in range(store.chunk_count(job)) for item in store.chunk(job, i)]
+    errors = list(store.iter_errors(job))
+    assert sorted([i.line for i in items] + [e.line for e in errors]) == list(range(1, n_lines + 1))
+    assert {e.line: e.code for e in errors} == codes
+    assert all(e.message.startswith(f"line {e.line}: ") for e in errors)
+    by_id = {i.custom_id: i for i in items}
+    assert by_id["bom"].line == 1
+    assert (by_id["nul\x00"].text, by_id["nul\x00"].label) == ("with a \x00 NUL", "l\x00")
+    assert by_id["\U0001f600"].text.startswith("an emoji \U0001f600")
+    assert sent == list(range(store.chunk_count(job)))
+    view = store.get(job)
+    assert (view.status, view.counts.total, view.counts.failed) == (JobStatus.IN_PROGRESS, n_lines, len(codes))

@@ -52,7 +52,7 @@ def test_reserved_tasks_are_counted_by_queue(settings: Settings, store: RedisJob
     """Against Celery's own Redis transport: a task delivered to a consumer and not acknowledged counts as reserved
     in its queue, not as waiting, until it is acknowledged (deploy/'s worker autoscaling counts both)."""
     celery = configure(CascadeCelery("reserved-test"), settings)
-    send_llm_chunk(celery, "job", [])
+    send_llm_chunk(celery, "job", [], 0)
     collector = JobsCollector(store)
     assert collector.reserved() == {}
     delivered: list[Message] = []

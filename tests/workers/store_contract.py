@@ -182,9 +182,39 @@ class StoreContract:
     def test_intake_progress_is_remembered(self, store: JobStore) -> None:
         job = store.create(SPEC)
         assert store.chunks_sent(job) == 0
-        store.chunk_sent(job, 0)
-        store.chunk_sent(job, 1)
-        assert store.chunks_sent(job) == 2
+        assert store.get(job).progress_at is None
+        store.chunk_sent(job, 0, lines_read=300)
+        store.chunk_sent(job, 1, lines_read=610)
+        view = store.get(job)
+        assert (store.chunks_sent(job), view.chunks_sent, view.lines_read) == (2, 2, 610)
+        assert view.progress_at is not None
+
+    def test_new_records_are_progress(self, store: JobStore) -> None:
+        job = running_job(store, 2)
+        before = store.get(job).progress_at
+        store.record(job, results=[result("c0", 1)])
+        after = store.get(job).progress_at
+        assert after is not None
+        assert before is None or after >= before
+        store.record(job, results=[result("c0", 1)])  # nothing new: no progress
+        assert store.get(job).progress_at == after
+
+    def test_a_failed_end_keeps_its_reason(self, store: JobStore) -> None:
+        job = running_job(store, 1)
+        assert store.request_end(job, JobStatus.FAILED, reason="stalled")
+        assert (store.status(job), store.ending(job)) == (JobStatus.FINALIZING, JobStatus.FAILED)
+        assert store.end(job, JobStatus.FAILED)
+        assert store.get(job).error == "stalled"
+
+    def test_the_reapers_counters(self, store: JobStore) -> None:
+        job, done = running_job(store, 1), running_job(store, 1)
+        store.end(done, JobStatus.CANCELLED)
+        assert job in store.active_ids()
+        assert done not in store.active_ids()
+        assert [store.count_delivery(job, "specialist:0") for _ in range(3)] == [1, 2, 3]
+        assert store.count_delivery(job, "llm:0") == 1
+        assert [store.count_reap(job), store.count_reap(job)] == [1, 2]
+        assert store.get(job).reaps == 2
 
     def test_budget_reservation_is_once_per_chunk_and_never_overspent(self, store: JobStore) -> None:
         job = running_job(store, 1)
