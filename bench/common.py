@@ -15,6 +15,7 @@ import redis
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers import specialist
+from cascade.workers.manifest import MANIFEST_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -80,7 +81,7 @@ def bench_model() -> tuple[Path, specialist.Specialist]:
     """A Banking77 specialist, trained once into bench/out and reused."""
     OUT.mkdir(parents=True, exist_ok=True)
     model_dir = OUT / "banking77-model"
-    if not (model_dir / specialist.MANIFEST_FILE).exists():
+    if not (model_dir / MANIFEST_FILE).exists():
         texts, labels = banking("train")
         specialist.save(specialist.train(texts, labels), model_dir, "bench")
     return model_dir, specialist.load(model_dir)

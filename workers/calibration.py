@@ -4,17 +4,24 @@ The guarantee: on new items from the calibration distribution, the cascade's acc
 answers, abstained ones excluded) is at least ``target`` with probability at least ``1 - delta``.
 
 How it holds (Learn then Test, Angelopoulos et al. 2021, with fixed-sequence testing):
-1. The calibration items are split at random into a *selection* half and a *certification* half.
-2. On the selection half only, confidence bands (global, or per predicted class) are ranked by the measured
-   gain of escalating them (LLM accuracy minus specialist accuracy; units where the LLM is no better are never
-   escalated). This gives nested candidate policies P_0 (escalate nothing) ⊂ P_1 ⊂ … ⊂ P_K, each adding the
-   next best unit, within ``max_escalation``.
-3. On the certification half, which played no part in choosing the order, each P_k's accuracy is a binomial
+1. The calibration items are split at random into a *selection* part and a *certification* part (30% / 70% for
+   a global policy, half and half per class: ``select_fraction``).
+2. On the selection part only, nested candidate policies P_0 (escalate nothing) ⊂ P_1 ⊂ … ⊂ P_K are built,
+   within ``max_escalation``:
+   - global policies (``Chain.INTERVAL``, the default): over 20 confidence bands, P_K is the run of adjacent
+     bands with the largest measured gain of escalating it (LLM correct minus specialist correct, summed), never
+     crossing an abstain band; each smaller candidate drops the end band of the run with the smaller measured
+     gain. The candidates are as fine as the bands, and a band's noise cannot break the run apart.
+   - per class (``Chain.GAIN``): units (class, band) are ranked by their measured gain, one standard error below
+     the estimate (shrunk towards the band's global gain); units where the LLM is no better are never escalated;
+     each candidate adds the next best unit.
+3. On the certification part, which played no part in building the chain, each P_k's accuracy is a binomial
    proportion over i.i.d. items; its one-sided Clopper-Pearson lower bound at level ``delta`` is exact (never
    optimistic) for any n. The hypotheses "accuracy(P_k) < target" are tested in the fixed order P_K, P_K-1, …,
    stopping at the first that cannot be rejected. Fixed-sequence testing controls the family-wise error at
    ``delta`` without a multiplicity correction, so the least-escalating certified policy is wrong (true accuracy
-   below target) with probability at most ``delta``.
+   below target) with probability at most ``delta``. Neither the chain's shape nor the split fraction enters the
+   argument: any chain built on the selection part alone, and any fixed fraction, keep the guarantee.
 Clopper-Pearson was chosen over a betting confidence sequence (as in BARGAIN) for its simplicity: the data are a
 fixed batch, not a stream, and CP is exact for a binomial proportion.
 """
@@ -34,6 +41,20 @@ from cascade.workers.policy import GLOBAL, Band, Certificate, Policy, band_index
 
 SHRINK = 20.0
 """Pseudo-items pulling a class's band gain towards the band's global gain (per-class policies)."""
+
+
+class Chain(str, Enum):
+    """How the nested candidate policies are built on the selection part (see the module docstring)."""
+
+    INTERVAL = "interval"
+    GAIN = "gain"
+
+
+GLOBAL_BANDS, PER_CLASS_BANDS = 20, 10
+"""Default confidence bands below the LLM's cap: finer for a global run of bands than for per-class units."""
+GLOBAL_SELECT, PER_CLASS_SELECT = 0.3, 0.5
+"""Default share of the calibration items that builds the chain; the rest certifies. A global chain has few
+degrees of freedom (where the run starts and ends), so more items go to the bound."""
 
 
 class Bound(str, Enum):
@@ -83,11 +104,31 @@ class FitOptions:
     max_escalation: float = 1.0
     per_class: bool = False
     abstain_below: float | None = None
-    n_bands: int = 10
-    select_fraction: float = 0.5
+    n_bands: int | None = None
+    """Confidence bands below the cap; None: 20 for a global policy, 10 per class."""
+    select_fraction: float | None = None
+    """Share of the items that builds the chain; None: 0.3 for a global policy, 0.5 per class."""
     explore_rate: float = 0.0
     seed: int = 0
     bound: Bound = Bound.CLOPPER_PEARSON
+    chain: Chain | None = None
+    """None: ``Chain.INTERVAL`` for a global policy, ``Chain.GAIN`` per class (the only one it can use)."""
+
+    @property
+    def resolved_chain(self) -> Chain:
+        return self.chain or (Chain.GAIN if self.per_class else Chain.INTERVAL)
+
+    @property
+    def resolved_bands(self) -> int:
+        if self.n_bands is not None:
+            return self.n_bands
+        return GLOBAL_BANDS if self.resolved_chain is Chain.INTERVAL else PER_CLASS_BANDS
+
+    @property
+    def resolved_select(self) -> float:
+        if self.select_fraction is not None:
+            return self.select_fraction
+        return GLOBAL_SELECT if self.resolved_chain is Chain.INTERVAL else PER_CLASS_SELECT
 
 
 @dataclass(frozen=True)
@@ -112,18 +153,18 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
     _check(data, opts)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(n)
-    n_sel = round(n * opts.select_fraction)
+    n_sel = round(n * opts.resolved_select)
     sel, cert = order[:n_sel], order[n_sel:]
     if len(cert) < min_items(opts.target, opts.delta):
         raise InputError(
-            f"too few calibration items: the certification half has {len(cert)}, and target "
+            f"too few calibration items: the certification part has {len(cert)}, and target "
             f"{opts.target} at delta {opts.delta} needs at least {min_items(opts.target, opts.delta)} "
-            f"(so at least {math.ceil(min_items(opts.target, opts.delta) / (1 - opts.select_fraction))} items)"
+            f"(so at least {math.ceil(min_items(opts.target, opts.delta) / (1 - opts.resolved_select))} items)"
         )
 
     asked = ~np.isnan(data.llm_ok)
     cap = float(data.confidence[~asked].min()) if (~asked).any() else 1.0
-    edges = _band_edges(data.confidence[sel], cap, opts.n_bands)
+    edges = _band_edges(data.confidence[sel], cap, opts.resolved_bands)
     band_of = band_index(edges, data.confidence)
     labels = np.asarray(data.predicted)
     unit_key = np.array(
@@ -138,7 +179,10 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
         for u, g in sorted(gains.items(), key=lambda kv: (-kv[1], kv[0]))
         if g > 0 and int(u.rsplit("|", 1)[1]) not in abstain and edges[int(u.rsplit("|", 1)[1]) + 1] <= cap
     ]
-    chain = _nested(candidates, unit_key, sel, opts.max_escalation)
+    if opts.resolved_chain is Chain.INTERVAL:
+        chain = _interval_chain(data, sel, band_of, edges, cap, abstain, opts.max_escalation)
+    else:
+        chain = _nested(candidates, unit_key, sel, opts.max_escalation)
 
     abstained = np.isin(band_of, abstain)
     chosen, certificate = _fixed_sequence(data, cert, chain, unit_key, abstained, opts)
@@ -190,6 +234,12 @@ def _check(data: CalibrationData, opts: FitOptions) -> None:
         raise InputError(f"delta must be within (0, 1), not {opts.delta}")
     if not 0.0 <= opts.max_escalation <= 1.0:
         raise InputError(f"max escalation must be within [0, 1], not {opts.max_escalation}")
+    if opts.select_fraction is not None and not 0.0 < opts.select_fraction < 1.0:
+        raise InputError(f"select fraction must be within (0, 1), not {opts.select_fraction}")
+    if opts.n_bands is not None and opts.n_bands < 1:
+        raise InputError(f"the number of bands must be at least 1, not {opts.n_bands}")
+    if opts.per_class and opts.chain is Chain.INTERVAL:
+        raise InputError("a per-class policy ranks (class, band) units: use Chain.GAIN, not a run of global bands")
     if len(data.confidence) == 0:
         raise InputError("no calibration items")
 
@@ -252,6 +302,47 @@ def _nested(
             break
         chain.append((*chain[-1], u))
     return chain
+
+
+def _interval_chain(
+    data: CalibrationData,
+    sel: NDArray[np.int_],
+    band_of: NDArray[np.int_],
+    edges: list[float],
+    cap: float,
+    abstain: list[int],
+    max_escalation: float,
+) -> list[tuple[str, ...]]:
+    """Global candidates from the selection part only: P_K is the run of adjacent bands (below the cap, no abstain
+    band inside, at most ``max_escalation`` of the selection items) whose escalation gains the most items on the
+    selection part; each smaller candidate drops the end band of the run with the smaller gain (the upper one on
+    ties, as a lower threshold would). Returns P_0 = () first, P_K last."""
+    n_bands = len(edges) - 1
+    asked = sel[~np.isnan(data.llm_ok[sel])]
+    gain = np.zeros(n_bands)
+    np.add.at(gain, band_of[asked], data.llm_ok[asked] - data.specialist_ok[asked].astype(float))
+    size = np.bincount(band_of[sel], minlength=n_bands)
+    usable = [b not in abstain and edges[b + 1] <= cap for b in range(n_bands)]
+    limit = max_escalation * len(sel)
+    best, run = 0.0, (0, 0)
+    for lo in range(n_bands):
+        total, count = 0.0, 0
+        for hi in range(lo, n_bands):
+            count += int(size[hi])
+            if not usable[hi] or count > limit:
+                break
+            total += float(gain[hi])
+            if total > best + 1e-9:
+                best, run = total, (lo, hi + 1)
+    lo, hi = run
+    shrinking: list[tuple[str, ...]] = []
+    while hi > lo:
+        shrinking.append(tuple(f"{GLOBAL}|{b}" for b in range(lo, hi)))
+        if gain[lo] < gain[hi - 1]:
+            lo += 1
+        else:
+            hi -= 1
+    return [(), *reversed(shrinking)]
 
 
 def _fixed_sequence(

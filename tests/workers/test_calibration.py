@@ -1,8 +1,20 @@
+import itertools
+
 import numpy as np
 import pytest
 from scipy.stats import binom
 
-from cascade.workers.calibration import Bound, CalibrationData, FitOptions, Identity, fit_policy, lower_bound, min_items
+from cascade.workers.calibration import (
+    Bound,
+    CalibrationData,
+    Chain,
+    FitOptions,
+    Identity,
+    _interval_chain,
+    fit_policy,
+    lower_bound,
+    min_items,
+)
 from cascade.workers.errors import InputError
 from cascade.workers.items import Route
 from cascade.workers.policy import GLOBAL, route_with_policy, sampled, within_budget
@@ -78,6 +90,66 @@ def test_abstain_band_for_hopeless_items() -> None:
     assert route_with_policy(policy, "x", "a", 0.9) is Route.ACCEPT
     assert policy.certificate is not None
     assert policy.certificate.abstain_share == pytest.approx(0.2, abs=0.05)
+
+
+def data_three_regions(n: int, seed: int = 0) -> CalibrationData:
+    """Below 0.15 the LLM is worse (hopeless items), from 0.15 to 0.5 much better, above 0.5 worse again."""
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0, 1, n)
+    spec_p = np.select([conf < 0.15, conf < 0.5], [0.3, 0.5], 0.95)
+    llm_p = np.select([conf < 0.15, conf < 0.5], [0.05, 0.95], 0.8)
+    spec_ok = rng.random(n) < spec_p
+    llm_ok = (rng.random(n) < llm_p).astype(float)
+    return CalibrationData(conf, ["a"] * n, spec_ok, llm_ok, np.full(n, 50.0))
+
+
+def test_global_policy_escalates_one_run_of_bands_where_the_llm_helps() -> None:
+    n = 6000
+    policy = fit_policy(data_three_regions(n), FitOptions(target=0.83, delta=0.05), IDENT)
+    assert policy.reachable
+    assert policy.certificate is not None
+    assert policy.certificate.n == n - round(0.3 * n)  # a global chain: 30% select, 70% certify
+    assert len(policy.edges) - 1 == 20
+    escalated = policy.escalate[GLOBAL]
+    assert escalated == list(range(escalated[0], escalated[-1] + 1))  # one run of adjacent bands
+    assert 0.1 <= policy.edges[escalated[0]] <= 0.2
+    assert 0.4 <= policy.edges[escalated[-1] + 1] <= 0.55
+    for confidence, route in ((0.05, Route.ACCEPT), (0.3, Route.ESCALATE), (0.8, Route.ACCEPT)):
+        assert route_with_policy(policy, "x", "a", confidence) is route
+
+
+def test_interval_chain_is_nested_from_nothing_and_within_max_escalation() -> None:
+    data = data_three_regions(3000, seed=4)
+    sel = np.arange(1000)
+    edges = [i / 20 for i in range(21)]
+    band_of = np.minimum((data.confidence * 20).astype(int), 19)
+    chain = _interval_chain(data, sel, band_of, edges, 1.0, [], max_escalation=1.0)
+    assert chain[0] == ()
+    bands = [[int(u.split("|")[1]) for u in units] for units in chain]
+    for smaller, larger in itertools.pairwise(bands):
+        assert set(smaller) < set(larger)
+        assert len(larger) == len(smaller) + 1
+        assert larger == list(range(larger[0], larger[-1] + 1))
+    assert 2 <= bands[-1][0] <= 4
+    assert 8 <= bands[-1][-1] <= 10
+    capped = _interval_chain(data, sel, band_of, edges, 1.0, [], max_escalation=0.1)
+    assert sum(int(np.sum(band_of[sel] == int(u.split("|")[1]))) for u in capped[-1]) <= 100
+    assert _interval_chain(data, sel, band_of, edges, 1.0, list(range(20)), max_escalation=1.0) == [()]
+
+
+def test_gain_chain_keeps_the_former_defaults_and_is_the_per_class_one() -> None:
+    data = data_three_regions(4000)
+    gain = fit_policy(data, FitOptions(target=0.8, chain=Chain.GAIN), IDENT)
+    assert len(gain.edges) - 1 == 10
+    assert gain.certificate is not None
+    assert gain.certificate.n == 2000
+    per_class = fit_policy(data_two_classes(4000), FitOptions(target=0.85, per_class=True), IDENT)
+    assert per_class.certificate is not None
+    assert per_class.certificate.n == 2000
+    with pytest.raises(InputError, match="per-class"):
+        fit_policy(data, FitOptions(target=0.8, per_class=True, chain=Chain.INTERVAL), IDENT)
+    with pytest.raises(InputError, match="select fraction"):
+        fit_policy(data, FitOptions(target=0.8, select_fraction=1.0), IDENT)
 
 
 def test_too_few_items_for_delta_is_a_clear_error() -> None:
