@@ -370,11 +370,14 @@ def _default_dataset() -> Path | None:
 def demo(
     data: Annotated[Path | None, typer.Argument(help="folder with train.csv and test.csv")] = None,
     model: Annotated[Path, typer.Option(help="model folder (trained when missing)")] = Path("models/banking77"),
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    target_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0, help="the policy's accuracy target")] = 0.85,
+    delta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
     top_k: Annotated[int | None, typer.Option(min=0)] = None,
 ) -> None:
-    """Train on DATA/train.csv, submit DATA/test.csv as a job, wait, and print accuracy and time per tier."""
+    """Train on DATA/train.csv; calibrate a policy against the served LLM on half of DATA/test.csv; run the other
+    half under it; print what the cascade did, and why."""
     from cascade.broker import labelled
+    from cascade.workers.calibration import FitOptions
 
     data = data or _default_dataset()
     if data is None:
@@ -382,11 +385,35 @@ def demo(
     settings = Settings()
     if not (model / "manifest.json").exists():
         train(data / "train.csv", model)
-    store = _store(settings)
-    out.print(f"submitting the items of {data / 'test.csv'} (threshold {threshold})")
-    job = labelled.submit_labelled(settings, store, _enqueue(settings), data / "test.csv", model, threshold, top_k)
-    out.print(job.job_id)
-    _finish(settings, job.job_id, as_json=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration, evaluation = labelled.split_csv(data / "test.csv", Path(tmp))
+        out.print(
+            f"1. calibrating against the LLM {settings.llm_model} on half of {data / 'test.csv'}: it is asked about "
+            "the 30% least confident items, and a policy must reach "
+            f"{target_accuracy:.0%} accuracy with probability {1 - delta:.0%}"
+        )
+        cap = labelled.escalation_cap(model, calibration, 0.3)
+        job = _labelled_job(settings, calibration, model, cap, top_k)
+        opts = FitOptions(target=target_accuracy, delta=delta, max_escalation=0.3)
+        policy = labelled.calibrate(settings, _store(settings), job, opts)
+        print_bands(out, policy)
+        out.print(policy.message)
+        if not any(policy.escalate.values()):
+            out.print(
+                f"[bold]{settings.llm_model} is no better than the specialist in any confidence band: the policy "
+                "sends nothing to it[/] (a fixed threshold would have, and lost accuracy)."
+            )
+        path = labelled.save_policy(policy, model) if policy.reachable else None
+        out.print(
+            f"2. the other half of {data / 'test.csv'} as a job, "
+            + (f"under policy {policy.version}" if path else "on the specialist alone (no policy certified)")
+        )
+        store = _store(settings)
+        run = labelled.submit_labelled(
+            settings, store, _enqueue(settings), evaluation, model, 0.0, top_k, policy_file=path
+        )
+    out.print(run.job_id)
+    _finish(settings, run.job_id, as_json=False)
 
 
 def _labelled_job(

@@ -4,6 +4,7 @@ The work behind ``cascade demo``, ``calibrate`` and ``evaluate``, as library fun
 API) calls: the edges only parse options, show progress and print.
 """
 
+import csv
 import json
 import tempfile
 from dataclasses import dataclass
@@ -61,16 +62,32 @@ def submit_labelled(
     threshold: float,
     top_k: int | None = None,
     limit: int | None = None,
+    policy_file: Path | None = None,
 ) -> LabelledJob:
-    """Submit a labelled CSV as a job whose items carry their gold labels; the LLM is asked below ``threshold``."""
+    """Submit a labelled CSV as a job whose items carry their gold labels; the LLM is asked below ``threshold``
+    (or as the policy file says)."""
     labelled = read_labelled_csv(data)
     check_labels(labelled, data, model)
-    spec = build_spec(settings, model, threshold=threshold, top_k=top_k)
+    spec = build_spec(settings, model, threshold=threshold, top_k=top_k, policy_file=policy_file)
     with tempfile.TemporaryDirectory() as tmp:
         jsonl = Path(tmp) / "labelled.jsonl"
         n = write_jsonl(labelled, jsonl, limit)
         job_id = submit_file(store, enqueue, settings, jsonl, spec)
     return LabelledJob(job_id, n, labelled.sha256, model)
+
+
+def split_csv(data: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A labelled CSV cut at random into two halves (``calibration.csv``, ``evaluation.csv`` in ``folder``)."""
+    labelled = read_labelled_csv(data)
+    order = np.random.default_rng(seed).permutation(len(labelled.texts))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    paths = (folder / "calibration.csv", folder / "evaluation.csv")
+    for path, rows in zip(paths, halves, strict=True):
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows((labelled.texts[i], labelled.labels[i]) for i in sorted(rows))
+    return paths
 
 
 def escalation_cap(model: Path, data: Path, share: float) -> float:

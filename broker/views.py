@@ -44,7 +44,7 @@ def print_cost(out: Console, s: Summary) -> None:
 
 
 def print_bands(out: Console, policy: "Policy") -> None:
-    table = Table(title="calibration (selection half): accuracy per confidence band")
+    table = Table(title="calibration (selection part): accuracy per confidence band")
     for col in ("band", "items", "specialist", "LLM", "escalated", "abstain"):
         table.add_column(col, justify="right")
     escalated = {b for bands in policy.escalate.values() for b in bands}
