@@ -315,25 +315,30 @@ def _interval_chain(
 ) -> list[tuple[str, ...]]:
     """Global candidates from the selection part only: P_K is the run of adjacent bands (below the cap, no abstain
     band inside, at most ``max_escalation`` of the selection items) whose escalation gains the most items on the
-    selection part; each smaller candidate drops the end band of the run with the smaller gain (the upper one on
-    ties, as a lower threshold would). Returns P_0 = () first, P_K last."""
+    selection part, counted one standard error below the measured gain (as the per-class units are), so that
+    where the LLM is no better no run is found by noise and nothing is escalated (a chain led by a candidate that
+    fails would stop the fixed sequence before the candidates that escalate less); each smaller candidate drops
+    the end band of the run with the smaller gain (the upper one on ties, as a lower threshold would). Returns
+    P_0 = () first, P_K last."""
     n_bands = len(edges) - 1
     asked = sel[~np.isnan(data.llm_ok[sel])]
-    gain = np.zeros(n_bands)
-    np.add.at(gain, band_of[asked], data.llm_ok[asked] - data.specialist_ok[asked].astype(float))
+    differences = data.llm_ok[asked] - data.specialist_ok[asked].astype(float)
+    gain, squares = np.zeros(n_bands), np.zeros(n_bands)
+    np.add.at(gain, band_of[asked], differences)
+    np.add.at(squares, band_of[asked], differences**2)
     size = np.bincount(band_of[sel], minlength=n_bands)
     usable = [b not in abstain and edges[b + 1] <= cap for b in range(n_bands)]
     limit = max_escalation * len(sel)
     best, run = 0.0, (0, 0)
     for lo in range(n_bands):
-        total, count = 0.0, 0
+        total, spread, count = 0.0, 0.0, 0
         for hi in range(lo, n_bands):
             count += int(size[hi])
             if not usable[hi] or count > limit:
                 break
-            total += float(gain[hi])
-            if total > best + 1e-9:
-                best, run = total, (lo, hi + 1)
+            total, spread = total + float(gain[hi]), spread + float(squares[hi])
+            if total - math.sqrt(spread) > best + 1e-9:
+                best, run = total - math.sqrt(spread), (lo, hi + 1)
     lo, hi = run
     shrinking: list[tuple[str, ...]] = []
     while hi > lo:
