@@ -48,6 +48,7 @@ from pydantic import BaseModel
 
 from cascade.broker import labelled
 from cascade.broker.celery_app import app, configure, send_specialist_chunk
+from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers.calibration import CalibrationData, Chain, FitOptions, Identity, fit_policy, min_items
@@ -554,7 +555,10 @@ def markdown(report: Report) -> str:
 
 def caption_png(path: Path, text: str) -> None:
     """Add a caption strip under ``cascade evaluate``'s plot: where its figures come from."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise SystemExit("the plots need matplotlib: pip install 'cascade[plots]'") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -767,7 +771,7 @@ def run(args: argparse.Namespace) -> Report:
     )
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.flushdb()
-    store = RedisJobStore(client, settings.job_ttl)
+    store = RedisJobStore(client, settings.job_ttl, open_parts(settings))
     done = run_job(args, settings, store, model, port)
     job = done.job
     results = list(store.iter_results(job.job_id))

@@ -6,12 +6,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import redis
+from numpy.typing import NDArray
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 
+from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers import specialist
@@ -21,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
 OUT = ROOT / "bench" / "out"
 CASCADE = str(Path(sys.executable).parent / "cascade")
+PLAIN_BATCH = 2_000
+"""Items per predict_proba call of the plain baselines."""
+T = TypeVar("T")
 
 
 def bench_settings(**overrides: object) -> Settings:
@@ -31,7 +41,7 @@ def bench_settings(**overrides: object) -> Settings:
 def fresh_store(settings: Settings) -> RedisJobStore:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.flushdb()
-    return RedisJobStore(client, settings.job_ttl)
+    return RedisJobStore(client, settings.job_ttl, open_parts(settings))
 
 
 def banking(split: str) -> tuple[list[str], list[str]]:
@@ -93,3 +103,28 @@ def wait_done(store: RedisJobStore, job_id: str, timeout: float = 3600) -> float
     start = time.perf_counter()
     store.wait(job_id, timeout, poll=0.05)
     return time.perf_counter() - start
+
+
+def plain_tfidf_lr() -> Pipeline:
+    """The script a reader would write instead: TF-IDF word 1-2-grams and a logistic regression, no calibration."""
+    return Pipeline(
+        [
+            ("features", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+            ("classifier", LogisticRegression(max_iter=1000)),
+        ]
+    )
+
+
+def repeated(items: Sequence[T], n: int) -> list[T]:
+    """``items`` repeated in order up to ``n`` of them."""
+    return [items[i % len(items)] for i in range(n)]
+
+
+def items_per_second(
+    predict_proba: Callable[[Any], Any], items: Sequence[Any] | NDArray[np.float32], batch: int = PLAIN_BATCH
+) -> float:
+    """Items/s of ``predict_proba`` over ``items`` in batches of ``batch``, in this process."""
+    start = time.perf_counter()
+    for i in range(0, len(items), batch):
+        predict_proba(items[i : i + batch])
+    return len(items) / (time.perf_counter() - start)

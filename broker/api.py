@@ -3,36 +3,58 @@
 Bearer tokens come from ``CASCADE_API_TOKENS`` (token=owner pairs); a caller sees only its own files and batches,
 and another caller's are answered 404, like missing ones. Domain errors become HTTP errors here, at the edge, every
 one as OpenAI's error object ``{"error": {"message", "type", "param", "code"}}``: a bad request 400, a missing or
-wrong token 401, something missing 404, a full disk 507, anything unexpected 500 (its traceback in the log).
+wrong token 401, something missing 404, a conflict with the state of a batch or file 409, a full disk 507, anything
+unexpected 500 (its traceback in the log).
 """
 
 import hashlib
 import json
 import logging
+import re
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, PROCESS_COLLECTOR, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from cascade.broker.batches import ERRORS_PREFIX, OUTPUT_PREFIX, Batch, batch_view, error_line, output_line
+from cascade.broker import file_objects, keys, openapi
+from cascade.broker.batches import Batch, Usage, batch_view
 from cascade.broker.celery_app import app as celery_app
 from cascade.broker.celery_app import configure, send_intake, send_sweep
 from cascade.broker.collector import JobsCollector
-from cascade.broker.files import FileObject, FileStore, StorageFullError
-from cascade.broker.intake import ENDPOINT
-from cascade.broker.settings import Settings
+from cascade.broker.file_objects import OUTPUT_EXPIRES_AFTER, File, FileDeleted
+from cascade.broker.files import FileStore, StorageFullError, open_files
+from cascade.broker.openapi import (
+    CONFLICT,
+    ERRORS,
+    MAX_EXPIRES_AFTER,
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+    MIN_EXPIRES_AFTER,
+    NOT_FOUND,
+    STORAGE_FULL,
+    THRESHOLD_PATTERN,
+    BatchesPage,
+    CreateBatch,
+    FilesPage,
+    tighten,
+    window_pattern,
+)
+from cascade.broker.results import open_parts
+from cascade.broker.settings import Settings, token_digest
 from cascade.broker.store import RedisJobStore
 from cascade.broker.submit import build_spec
-from cascade.workers.errors import CascadeError, InputError, NotFoundError, SettingsError
+from cascade.workers.errors import CascadeError, InputError, JobError, NotFoundError, SettingsError, StorageError
 from cascade.workers.jobs import parse_window
 from cascade.workers.lifecycle import cancel, expire_if_due
 
@@ -48,18 +70,7 @@ API_FIELDS = (
     "cancelling_at",
     "finalizing_at",
 )
-
-
-MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
-"""OpenAI's limits on a batch's metadata."""
 THRESHOLD = "metadata.cascade_threshold"
-
-
-class CreateBatch(BaseModel):
-    input_file_id: str
-    endpoint: str
-    completion_window: str = Field(default="24h", max_length=32)
-    metadata: dict[str, str] | None = None
 
 
 class ParamError(InputError):
@@ -71,8 +82,25 @@ class ParamError(InputError):
         self.code = code
 
 
+class MissingParamError(NotFoundError):
+    """What a request parameter names does not exist, or is another caller's: a 404 that names it (``param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class UnauthorizedError(Exception):
     """No bearer token, or not one of ``CASCADE_API_TOKENS``."""
+
+
+class ConflictError(JobError):
+    """What was asked conflicts with the state of what it is about (a batch that has ended cannot be cancelled, a
+    file that a batch still reads cannot be deleted): a 409."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _error(
@@ -93,6 +121,8 @@ class Context:
     store: RedisJobStore
     files: FileStore
     registry: CollectorRegistry
+    window: str
+    """The completion windows a batch may have (``openapi.window_pattern`` of ``CASCADE_JOB_TTL``)."""
 
     def owned_job(self, job_id: str, owner: str) -> None:
         (found,) = self.store.fields(job_id, "owner")
@@ -102,7 +132,22 @@ class Context:
     def view(self, job_id: str) -> Batch:
         expire_if_due(self.store, self.sweep, job_id)  # a job past its window ends when next looked at
         values = self.store.fields(job_id, *API_FIELDS)
-        return batch_view(self.store.get(job_id), dict(zip(API_FIELDS, values, strict=True)))
+        job = self.store.get(job_id)
+        usage = self._usage(job_id) if job.status.is_final else None
+        return batch_view(job, dict(zip(API_FIELDS, values, strict=True)), usage)
+
+    def _usage(self, job_id: str) -> Usage | None:
+        """None when the result store cannot give the records now: the batch is shown all the same."""
+        try:
+            return file_objects.usage(self.store, job_id)
+        except StorageError as e:
+            logger.warning("the usage of batch %s is unknown for now: %s", job_id, e)
+            return None
+
+    def file(self, file_id: str, owner: str) -> File:
+        if file_objects.is_batch_file(file_id):
+            return file_objects.batch_file(self.store, file_id, owner)
+        return file_objects.upload_object(self.files.get(file_id, owner), self.files.expires_at(file_id))
 
     @staticmethod
     def sweep(job_id: str) -> None:
@@ -117,14 +162,11 @@ def _context(request: Request) -> Context:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 def _owner_of(tokens: tuple[tuple[bytes, str], ...], presented: str) -> str:
     """The owner of the presented token, or "" (no one). Every token is compared, in constant time and at the same
-    length (their digests), so the time taken tells neither which token matched nor how much of one."""
-    digest = _digest(presented)
+    length (their digests), so the time taken tells neither which token matched nor how much of one. The presented
+    token is hashed as it is, never read as a ``sha256:`` digest: knowing a hashed token does not let one in."""
+    digest = hashlib.sha256(presented.encode()).digest()
     owner = ""
     for token, candidate in tokens:
         if secrets.compare_digest(digest, token):
@@ -145,58 +187,130 @@ def _caller(
 
 Ctx = Annotated[Context, Depends(_context)]
 Owner = Annotated[str, Depends(_caller)]
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 metrics_router = APIRouter()
 
 
-@router.post("/files")
-async def upload(ctx: Ctx, owner: Owner, file: UploadFile, purpose: Annotated[str, Form()]) -> FileObject:
-    if purpose != "batch":
-        raise ParamError("purpose", "purpose must be 'batch', the only purpose this API serves")
+ANCHOR, SECONDS = openapi.EXPIRES_ANCHOR, openapi.EXPIRES_SECONDS
+
+
+@router.post("/files", responses=STORAGE_FULL)
+async def upload(
+    request: Request,
+    ctx: Ctx,
+    owner: Owner,
+    file: UploadFile,
+    purpose: Annotated[Literal["batch"], Form()],
+    anchor: Annotated[Literal["created_at"] | None, Form(alias=ANCHOR)] = None,
+    seconds: Annotated[int | None, Form(alias=SECONDS, ge=MIN_EXPIRES_AFTER, le=MAX_EXPIRES_AFTER)] = None,
+) -> File:
+    """Purpose ``batch`` only. OpenAI's ``expires_after`` (anchor ``created_at``, 1 hour to 30 days) shortens the file's
+    retention (``CASCADE_FILE_RETENTION``)."""
+    form = await request.form()  # FastAPI reads an empty field as an absent one: it is refused instead
+    if empty := [name for name in (ANCHOR, SECONDS) if form.get(name) == ""]:
+        raise ParamError(_param(empty[:1]) or "", f"{empty[0]} is empty: give a value, or leave the field out")
+    if (anchor is None) != (seconds is None):  # OpenAI's expires_after is both fields or neither
+        missing = SECONDS if seconds is None else ANCHOR
+        raise ParamError(_param([missing]) or "", f"{missing} is missing: expires_after takes both anchor and seconds")
 
     async def chunks() -> AsyncIterator[bytes]:
         while block := await file.read(1 << 20):
             yield block
 
-    return await ctx.files.save(owner, file.filename or "input.jsonl", purpose, chunks())
+    meta = await ctx.files.save(owner, file.filename or "input.jsonl", purpose, chunks(), retention=seconds)
+    return file_objects.upload_object(meta, ctx.files.expires_at(meta.id))
 
 
-@router.get("/files/{file_id}")
-def file_info(ctx: Ctx, owner: Owner, file_id: str) -> FileObject:
-    return ctx.files.get(file_id, owner)
+MAX_FILES_PAGE = 10_000
+"""OpenAI's bound on a files listing's ``limit``, and its default."""
 
 
-@router.get("/files/{file_id}/content", response_model=None)
-def file_content(ctx: Ctx, owner: Owner, file_id: str) -> FileResponse | StreamingResponse:
-    for prefix in (OUTPUT_PREFIX, ERRORS_PREFIX):
-        if file_id.startswith(prefix):
-            job_id = file_id.removeprefix(prefix)
-            ctx.owned_job(job_id, owner)
-            if not ctx.store.status(job_id).is_final:
-                raise NotFoundError(f"no file {file_id!r} yet: the batch has not ended")
-            lines = _output(ctx.store, job_id) if prefix == OUTPUT_PREFIX else _errors(ctx.store, job_id)
-            return StreamingResponse(lines, media_type="application/jsonl")
+@router.get("/files", responses=NOT_FOUND)
+def list_files(
+    ctx: Ctx,
+    owner: Owner,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_FILES_PAGE)] = MAX_FILES_PAGE,
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> FilesPage:
+    """The caller's uploads and its batches' output and error files, by ``created_at`` (then id). An ``after`` that is
+    none of the caller's files: 404."""
+    every = file_objects.listing(ctx.files, ctx.store, owner, newest_first=order == "desc")
+    ids = [f.id for f in every]
+    if after is not None and after not in ids:
+        raise MissingParamError("after", f"no file {after!r}: after must be one of yours (the last_id of a page)")
+    start = ids.index(after) + 1 if after is not None else 0
+    matching = [f for f in every[start:] if purpose is None or f.purpose == purpose]
+    data = [file for f in matching[:limit] if (file := _file_if_kept(ctx, f.id, owner)) is not None]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return FilesPage(data=data, first_id=first, last_id=last, has_more=len(matching) > limit)
+
+
+def _file_if_kept(ctx: Context, file_id: str, owner: str) -> File | None:
+    """The file, or None when it went (expired, deleted) since it was listed."""
+    try:
+        return ctx.file(file_id, owner)
+    except NotFoundError:
+        return None
+
+
+@router.get("/files/{file_id}", responses=NOT_FOUND)
+def file_info(ctx: Ctx, owner: Owner, file_id: str) -> File:
+    return ctx.file(file_id, owner)
+
+
+@router.delete("/files/{file_id}", responses=NOT_FOUND | CONFLICT)
+def delete_file(ctx: Ctx, owner: Owner, file_id: str) -> FileDeleted:
+    """An upload: content and metadata deleted now; refused (409) while a batch is still reading it (it has not
+    ended and its intake has not finished). A batch's output or error file: hidden at once (``file_objects``)."""
+    if file_objects.is_batch_file(file_id):
+        file_objects.delete_batch_file(ctx.store, file_id, owner)
+        return FileDeleted(id=file_id)
     ctx.files.get(file_id, owner)
-    path = ctx.files.path(file_id)
-    if not path.is_file():  # its metadata outlived it (removed by hand, or another files folder)
+    if reading := file_objects.still_reading(ctx.files, ctx.store, file_id):
+        message = f"batch {reading[0]!r} is still reading file {file_id!r}: delete it once the batch is in_progress"
+        raise ConflictError(message, code="file_in_use")
+    ctx.files.delete(file_id)
+    return FileDeleted(id=file_id)
+
+
+class JSONLResponse(StreamingResponse):
+    """A file's content, streamed: JSON Lines."""
+
+    media_type = "application/jsonl"
+
+
+@router.get("/files/{file_id}/content", response_class=JSONLResponse, responses=NOT_FOUND)
+def file_content(ctx: Ctx, owner: Owner, file_id: str) -> JSONLResponse:
+    if file_objects.is_batch_file(file_id):
+        return JSONLResponse(file_objects.batch_file_lines(ctx.store, file_id, owner))
+    ctx.files.get(file_id, owner)
+    if not ctx.files.exists(file_id):  # its metadata outlived it (removed by hand, or another files store)
         raise NotFoundError(f"no file {file_id!r}: its content is gone")
-    return FileResponse(path, media_type="application/jsonl")
+    return JSONLResponse(ctx.files.content(file_id))
 
 
-@router.post("/batches")
+@router.post("/batches", responses=NOT_FOUND)
 def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch) -> Batch:
-    """The batch is created validating; a specialist worker reads its input file (the intake task)."""
-    if body.endpoint != ENDPOINT:
-        raise ParamError("endpoint", f"endpoint must be {ENDPOINT}, the only endpoint this API serves")
+    """The batch is created validating; a specialist worker reads its input file (the intake task). Its ``endpoint``
+    must be ``/v1/chat/completions`` (400 otherwise); an ``input_file_id`` that is none of the caller's files: 404."""
+    if re.search(ctx.window, body.completion_window) is None:
+        message = f"completion_window {body.completion_window!r}: expected 1s to {ctx.settings.job_ttl}s, as 24h or 90m"
+        raise ParamError("completion_window", message)
     try:
         window = parse_window(body.completion_window, ctx.settings.job_ttl)
     except InputError as e:
         raise ParamError("completion_window", str(e)) from e
     metadata = body.metadata or {}
     _check_metadata(metadata)
+    keep = body.output_expires_after.seconds if body.output_expires_after else None
     settings = ctx.settings
     threshold = _threshold(metadata, settings.threshold)
-    ctx.files.get(body.input_file_id, owner)
+    try:
+        ctx.files.get(body.input_file_id, owner)
+    except NotFoundError as e:
+        raise MissingParamError("input_file_id", str(e)) from e
     spec = build_spec(
         settings,
         Path(settings.model_dir),
@@ -209,7 +323,10 @@ def create_batch(ctx: Ctx, owner: Owner, body: CreateBatch) -> Batch:
         "completion_window": body.completion_window,
         "metadata": json.dumps(metadata),
     }
+    if keep is not None:
+        extra[OUTPUT_EXPIRES_AFTER] = str(keep)
     job_id = ctx.store.create(spec, owner=owner, extra=extra, window=window)
+    ctx.files.use(body.input_file_id, job_id)  # kept until its retention has passed after the batch's end
     send_intake(celery_app, job_id, body.input_file_id)
     return ctx.view(job_id)
 
@@ -228,48 +345,68 @@ def _check_metadata(metadata: dict[str, str]) -> None:
 
 
 def _threshold(metadata: dict[str, str], default: float) -> float:
-    """``metadata.cascade_threshold`` (a number from 0 to 1), or the default."""
+    """``metadata.cascade_threshold`` (a decimal number from 0 to 1: ``0.85``, not ``.85`` nor ``nan``), or the
+    default."""
     raw = metadata.get("cascade_threshold")
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:  # nan is refused here too
-        raise ParamError(THRESHOLD, f"{THRESHOLD} must be a number between 0 and 1, not {raw!r}")
-    return value
+    if re.search(THRESHOLD_PATTERN, raw) is None:
+        shown = raw if len(raw) <= MAX_METADATA_KEY else raw[:MAX_METADATA_KEY] + "…"
+        message = f"{THRESHOLD} must be a decimal number between 0 and 1, such as 0.85, not {shown!r}"
+        raise ParamError(THRESHOLD, message)
+    return float(raw)
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", responses=NOT_FOUND)
 def get_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
     ctx.owned_job(batch_id, owner)
     return ctx.view(batch_id)
 
 
-@router.get("/batches")
+@router.get("/batches", responses=NOT_FOUND)
 def list_batches(
     ctx: Ctx, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None
-) -> dict[str, Any]:
+) -> BatchesPage:
+    """Newest first. An ``after`` that is none of the caller's batches: 404."""
+    if after is not None and ctx.store.redis.zscore(keys.owner(owner), after) is None:
+        raise MissingParamError("after", f"no batch {after!r}: after must be one of yours (the last_id of a page)")
     ids = ctx.store.owned_ids(owner, limit=limit + 1, after=after)
-    data = [ctx.view(i) for i in ids[:limit]]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0].id if data else None,
-        "last_id": data[-1].id if data else None,
-        "has_more": len(ids) > limit,
-    }
+    data = [batch for i in ids[:limit] if (batch := _view_if_kept(ctx, i)) is not None]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return BatchesPage(data=data, first_id=first, last_id=last, has_more=len(ids) > limit)
 
 
-@router.post("/batches/{batch_id}/cancel")
+def _view_if_kept(ctx: Context, job_id: str) -> Batch | None:
+    """The batch, or None when its keys expired since it was listed."""
+    try:
+        return ctx.view(job_id)
+    except NotFoundError:
+        return None
+
+
+@router.post("/batches/{batch_id}/cancel", responses=NOT_FOUND | CONFLICT)
 def cancel_batch(ctx: Ctx, owner: Owner, batch_id: str) -> Batch:
+    """A batch already cancelling is answered as it is; one that has ended (or is expiring) cannot be: 409."""
     ctx.owned_job(batch_id, owner)
-    cancel(ctx.store, ctx.sweep, batch_id)
+    if not cancel(ctx.store, ctx.sweep, batch_id):
+        status = ctx.store.status(batch_id).value
+        raise ConflictError(f"cannot cancel a batch with status {status!r}", code="batch_not_cancellable")
     return ctx.view(batch_id)
 
 
-@metrics_router.get("/metrics", include_in_schema=False)
+def _scraper(ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """With ``CASCADE_METRICS_TOKEN`` set, /metrics answers only that bearer token (Prometheus' ``authorization``),
+    compared in constant time and at the same length (their digests); without it, anyone."""
+    expected = ctx.settings.metrics_token.get_secret_value()
+    if not expected:
+        return
+    presented = credentials.credentials if credentials is not None else ""
+    digests = (hashlib.sha256(token.encode()).digest() for token in (presented, expected))
+    if not secrets.compare_digest(*digests):
+        raise UnauthorizedError("a valid metrics token is required: Authorization: Bearer CASCADE_METRICS_TOKEN")
+
+
+@metrics_router.get("/metrics", include_in_schema=False, dependencies=[Depends(_scraper)])
 def metrics(ctx: Ctx) -> Response:
     """Prometheus: jobs by status and queue lengths (from Redis), and this process's own metrics."""
     return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
@@ -289,7 +426,11 @@ async def _unauthorized(_: Request, e: Exception) -> JSONResponse:
 
 
 async def _not_found(_: Request, e: Exception) -> JSONResponse:
-    return _error(404, str(e))
+    return _error(404, str(e), param=getattr(e, "param", None))
+
+
+async def _conflict(_: Request, e: Exception) -> JSONResponse:
+    return _error(409, str(e), code=getattr(e, "code", None))
 
 
 async def _storage_full(_: Request, e: Exception) -> JSONResponse:
@@ -301,18 +442,27 @@ async def _bad_request(_: Request, e: Exception) -> JSONResponse:
     return _error(400, str(e), param=getattr(e, "param", None), code=getattr(e, "code", None))
 
 
-async def _http_error(_: Request, e: Exception) -> JSONResponse:
-    """Starlette's own (no such route, method not allowed)."""
-    status = e.status_code if isinstance(e, HTTPException) else 500
-    return _error(status, str(e.detail) if isinstance(e, HTTPException) else "error")
+async def _http_error(request: Request, e: Exception) -> JSONResponse:
+    """Starlette's own: no such route (404); a method not allowed (405), its ``Allow`` header naming every method of
+    the path (Starlette's names those of the first route only: FastAPI makes a route per method)."""
+    if not isinstance(e, HTTPException):
+        return _error(500, "error", "server_error")
+    response = _error(e.status_code, str(e.detail))
+    response.headers.update(e.headers or {})
+    if e.status_code == 405:
+        routes = [r for r in (*router.routes, *metrics_router.routes) if isinstance(r, APIRoute)]
+        methods = {m for r in routes if r.matches(request.scope)[0] is Match.PARTIAL for m in r.methods or ()}
+        response.headers["Allow"] = ", ".join(sorted(methods))
+    return response
 
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 
 def _param(loc: Sequence[int | str]) -> str | None:
-    """The parameter a validation error is about, dotted (``metadata.key``); a long part (a key) is left out."""
-    parts = [str(p) for p in loc if p != "[key]"]
+    """The parameter a validation error is about, dotted (``metadata.key``, ``expires_after.seconds`` for the form
+    field ``expires_after[seconds]``); a long part (a key) is left out."""
+    parts = [re.sub(r"\[(\w+)\]", r".\1", str(p)) for p in loc if p != "[key]"]
     if parts and parts[0] in _LOCATIONS:
         parts = parts[1:]
     kept: list[str] = []
@@ -351,6 +501,7 @@ async def _unexpected(request: Request, e: Exception) -> JSONResponse:
 def _handle_errors(api: FastAPI) -> None:
     api.add_exception_handler(UnauthorizedError, _unauthorized)
     api.add_exception_handler(NotFoundError, _not_found)
+    api.add_exception_handler(ConflictError, _conflict)
     api.add_exception_handler(StorageFullError, _storage_full)
     api.add_exception_handler(CascadeError, _bad_request)
     api.add_exception_handler(RequestValidationError, _invalid)
@@ -364,28 +515,18 @@ def create_app(settings: Settings) -> FastAPI:
         raise SettingsError("CASCADE_API_TOKENS is empty: the API needs at least one token=owner pair")
     if not settings.model_dir:
         raise SettingsError("CASCADE_MODEL_DIR is empty: the API's batches need a specialist model folder")
-    store = RedisJobStore.from_url(settings.redis_url, settings.job_ttl)
+    store = RedisJobStore.from_url(settings.redis_url, settings.job_ttl, open_parts(settings))
     configure(celery_app, settings)
     api = FastAPI(title="Cascade Batch API", version="1", description=__doc__)
     registry = CollectorRegistry()
     registry.register(JobsCollector(store))
     registry.register(PROCESS_COLLECTOR)
-    files = FileStore(store.redis, settings.files_dir, settings.job_ttl)
-    tokens = tuple((_digest(token), owner) for token, owner in owners.items())
-    api.state.cascade = Context(settings, tokens, store, files, registry)
+    files = open_files(store.redis, settings)
+    tokens = tuple((token_digest(token), owner) for token, owner in owners.items())
+    window = window_pattern(settings.job_ttl)
+    api.state.cascade = Context(settings, tokens, store, files, registry, window)
     _handle_errors(api)
     api.include_router(router)
     api.include_router(metrics_router)
+    tighten(api, window)
     return api
-
-
-def _output(store: RedisJobStore, job_id: str) -> Iterator[str]:
-    job = store.get(job_id)
-    created = int(job.finished_at or job.created_at)
-    for r in store.iter_results(job_id):
-        yield json.dumps(output_line(job_id, job.spec.llm_model, created, r)) + "\n"
-
-
-def _errors(store: RedisJobStore, job_id: str) -> Iterator[str]:
-    for e in store.iter_errors(job_id):
-        yield json.dumps(error_line(job_id, e)) + "\n"

@@ -1,12 +1,16 @@
 """The Celery app, its queues and its reliability settings.
 
 The app is created bare at import (tasks register on it) and configured from a ``Settings`` by ``configure``,
-called once by the CLI before a worker starts or a job is submitted.
+called once by the CLI before a worker starts or a job is submitted; for Celery's own command line and Flower,
+``cascade.broker.celery_cli`` is the same app configured from the environment at import.
 """
 
+import ssl
 import time
 from collections.abc import Sequence
 from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
@@ -48,10 +52,22 @@ def _time_limits(settings: Settings) -> dict[str, float]:
     return {"soft_time_limit": 0.8 * settings.visibility_timeout, "time_limit": 0.9 * settings.visibility_timeout}
 
 
+def _broker_ssl(settings: Settings) -> dict[str, Any] | None:
+    """TLS for a ``rediss://`` URL, the server's certificate always verified (kombu would otherwise connect without
+    verifying it), against ``redis_ca_file`` when set; None for ``redis://``."""
+    if urlsplit(settings.redis_url).scheme != "rediss":
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ca_file
+    return options
+
+
 def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
     celery.settings = settings
     celery.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=settings.redis_url,  # with the password of CASCADE_REDIS_PASSWORD (Settings)
+        broker_use_ssl=_broker_ssl(settings),
         # kombu's Redis transport, but a channel whose connection was lost can still acknowledge, reject and
         # restore its messages, and a message popped as Redis died is put back (cascade.broker.redis_transport).
         broker_transport="cascade.broker.redis_transport:Transport",
@@ -92,6 +108,11 @@ def configure(celery: CascadeCelery, settings: Settings) -> CascadeCelery:
         # at once (Celery's soft shutdown, instead of waiting out the visibility timeout). Chunks are idempotent.
         worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
         worker_enable_soft_shutdown_on_idle=True,
+        # Task events, for Flower and `celery events`: 4 a task (sent, received, started, succeeded or failed),
+        # each one Redis PUBLISH of a few hundred bytes that Redis stores nowhere; a task is a chunk of items. An LLM
+        # chunk's events name its escalations without their texts (send_llm_chunk).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return celery
 
@@ -116,4 +137,8 @@ def send_sweep(celery: Celery, job_id: str) -> None:
 def send_llm_chunk(celery: Celery, job_id: str, escalations: Sequence[Escalation], chunk: int) -> None:
     payload = [e.model_dump(mode="json") for e in escalations]
     kwargs = {"sent_at": time.time(), "chunk": chunk}
-    celery.send_task(TaskName.LLM.value, args=[job_id, payload], kwargs=kwargs, queue=QueueName.LLM.value)
+    # What events, logs and Flower show of the arguments: the items' texts stay in the message body.
+    shown = f"[{job_id!r}, <{len(payload)} escalations>]"
+    celery.send_task(
+        TaskName.LLM.value, args=[job_id, payload], kwargs=kwargs, queue=QueueName.LLM.value, argsrepr=shown
+    )

@@ -11,9 +11,9 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 from cascade.broker.celery_app import QueueName
+from cascade.broker.fair import FairQueue
 from cascade.broker.store import RedisJobStore
 from cascade.monitoring.metrics import JOBS, QUEUE_LENGTH, QUEUE_RESERVED
-from cascade.workers.jobs import JobStatus
 
 UNACKED_KEY = "unacked"
 """Celery's Redis transport (kombu) keeps every delivered, not yet acknowledged message in this one hash, for all
@@ -38,7 +38,8 @@ return flat
 
 
 class JobsCollector(Collector):
-    """Jobs by status, and the tasks waiting in and reserved from each queue, read from Redis at each scrape."""
+    """Jobs by status, and the tasks waiting in and reserved from each queue, read from Redis at each scrape: a
+    fixed number of commands, however many jobs the store holds (jobs by status come from the status index)."""
 
     def __init__(self, store: RedisJobStore) -> None:
         self.store = store
@@ -46,15 +47,18 @@ class JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(JOBS, "Jobs in the job store, by status.", labels=["status"])
-        counts = dict.fromkeys((s.value for s in JobStatus), 0)
-        for job_status in self.store.statuses():
-            counts[job_status.value] += 1
-        for name, n in counts.items():
-            family.add_metric([name], n)
+        for job_status, n in self.store.status_counts().items():  # one count per status, not every job
+            family.add_metric([job_status.value], n)
         yield family
-        queues = GaugeMetricFamily(QUEUE_LENGTH, "Tasks waiting in each Celery queue.", labels=["queue"])
+        queues = GaugeMetricFamily(
+            QUEUE_LENGTH,
+            "Tasks waiting in each queue (the specialist's: in Celery, and in the owners' fair queues).",
+            labels=["queue"],
+        )
+        fair = FairQueue(self.store.redis, depth=1)  # read only: what waits for its owner's turn (broker/fair.py)
         for queue in QueueName:
-            queues.add_metric([queue.value], self.store.redis.llen(queue.value))
+            waiting = fair.waiting() if queue is QueueName.SPECIALIST else 0
+            queues.add_metric([queue.value], self.store.redis.llen(queue.value) + waiting)
         yield queues
         found = self.reserved()
         reserved = GaugeMetricFamily(

@@ -10,9 +10,10 @@ string kept must be encodable as UTF-8, so that Redis's Lua (cjson), JSON and py
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any, cast
 
-from cascade.workers.items import ErrorCode, Item, ItemError
+from cascade.workers.items import ErrorCode, Item, ItemError, Message, Role
 
 MAX_CUSTOM_ID_CHARS = 512
 """Longest ``custom_id`` (and ``label``) accepted, in characters."""
@@ -33,7 +34,8 @@ class Intake:
     """Validates the lines of one job, in order.
 
     ``max_line_bytes`` defaults to room for ``max_text_chars`` characters each written as a JSON escape, plus a
-    MiB for the rest of the line, and at least ``MAX_LINE_BYTES``."""
+    MiB for the rest of the line, and at least ``MAX_LINE_BYTES``. ``models``: the ``body.model`` values an OpenAI
+    line may name (the configured LLM and its aliases); None: any."""
 
     def __init__(
         self,
@@ -41,8 +43,10 @@ class Intake:
         max_custom_id_chars: int = MAX_CUSTOM_ID_CHARS,
         max_line_bytes: int | None = None,
         max_depth: int = MAX_DEPTH,
+        models: Collection[str] | None = None,
     ) -> None:
         self.max_text_chars = max_text_chars
+        self.models = None if models is None else frozenset(models)
         self.max_custom_id_chars = max_custom_id_chars
         self.max_line_bytes = max_line_bytes or max(MAX_LINE_BYTES, 12 * max_text_chars + 1024 * 1024)
         self.max_depth = max_depth
@@ -92,8 +96,17 @@ class Intake:
                 return _error(line_no, None, *problem)
         custom_id = cast(str, custom_id)
         text, field, problem = obj.get("text"), "text", None
+        context: list[Message] | None = None
         if "body" in obj or "url" in obj:  # OpenAI's batch line: the text is the last user message
             text, field, problem = _openai_text(obj)
+            if problem is None:
+                problem = self._check_model(obj["body"])
+            if problem is None:
+                found = _context(obj["body"]["messages"], field, self.max_text_chars, escaped)
+                context, problem = (found or None, None) if isinstance(found, list) else (None, found)
+            if "text" in obj:  # two texts: which one the user meant is theirs to say, not ours to guess
+                message = "fields 'text' and 'body' are both given: give the text in one of them"
+                text, field, problem = None, "text", (ErrorCode.INVALID_FIELD, message)
         label = obj.get("label")
         if problem is None and not (
             isinstance(text, str)
@@ -105,7 +118,20 @@ class Intake:
             problem = _check_text(text, self.max_text_chars, field) or _check_label(label, self.max_custom_id_chars)
         if problem is not None:
             return _error(line_no, custom_id, *problem)
-        return Item(custom_id=custom_id, text=cast(str, text), line=line_no, label=label)
+        return Item(custom_id=custom_id, text=cast(str, text), line=line_no, label=label, context=context)
+
+    def _check_model(self, body: dict[str, Any]) -> Problem | None:
+        """``body.model``: absent, or one of ``models`` (the configured LLM and CASCADE_LLM_MODEL_ALIASES)."""
+        model = body.get("model")
+        if model is None or self.models is None or (isinstance(model, str) and model in self.models):
+            return None
+        shown = repr(model)[:80] if isinstance(model, str) else f"a {type(model).__name__}"
+        served = ", ".join(repr(m) for m in sorted(self.models))
+        message = (
+            f"field 'body.model' is {shown}, not the LLM Cascade runs ({served}); to run such lines on it, add the "
+            "name to CASCADE_LLM_MODEL_ALIASES"
+        )
+        return ErrorCode.INVALID_FIELD, message
 
 
 def _load_problem(e: ValueError) -> Problem:
@@ -137,6 +163,45 @@ def _openai_text(obj: dict[str, Any]) -> tuple[object, str, Problem | None]:
     if not isinstance(content, str):
         return None, field, (ErrorCode.INVALID_FIELD, f"field '{field}' must be text")
     return content, field, None
+
+
+_ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER, "assistant": Role.ASSISTANT}
+"""The roles a line's other messages may have; OpenAI's ``developer`` is a system message."""
+
+
+def _context(messages: list[Any], text_field: str, max_chars: int, escaped: bool) -> list[Message] | Problem:
+    """The messages of ``body.messages`` other than the text's (the last user message), in order: what the LLM
+    reads with the text. Their contents together are held to ``max_chars``."""
+    context: list[Message] = []
+    size = 0
+    for i, message in enumerate(messages):
+        field = f"body.messages[{i}]"
+        if text_field.startswith(field + "."):
+            continue
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in _ROLES:
+            shown = repr(role)[:40] if isinstance(role, str) else "missing"
+            return (
+                ErrorCode.INVALID_FIELD,
+                f"field '{field}.role' is {shown}: expected system, developer, user or assistant",
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            content = _text_parts(content, f"{field}.content")
+        if isinstance(content, tuple):
+            return content
+        if not isinstance(content, str):
+            return ErrorCode.INVALID_FIELD, f"field '{field}.content' must be text (Cascade sends no tool calls)"
+        if escaped and _unencodable(content):
+            return _check_unicode(f"{field}.content", content) or (ErrorCode.INVALID_UNICODE, field)
+        size += len(content)
+        context.append(Message(role=_ROLES[role], content=content))
+    if size > max_chars:
+        return (
+            ErrorCode.TEXT_TOO_LONG,
+            f"the other messages of 'body.messages' have {size} characters, over the limit of {max_chars}",
+        )
+    return context
 
 
 def _last_user_message(body: object) -> int | Problem:

@@ -5,6 +5,7 @@ API) calls: the edges only parse options, show progress and print.
 """
 
 import csv
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass
@@ -16,13 +17,15 @@ from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.broker.submit import Enqueue, build_spec, submit_file
 from cascade.workers import specialist
-from cascade.workers.calibration import FitOptions, Identity, fit_policy
+from cascade.workers.calibration import CalibrationData, FitOptions, Identity, fit_policy
 from cascade.workers.data import Labelled, read_labelled_csv
 from cascade.workers.errors import InputError, JobError
-from cascade.workers.evaluation import CostModel, Report, calibration_data, evaluate
+from cascade.workers.evaluation import CostModel, Report, calibration_data, evaluate, labelled_rows
+from cascade.workers.items import AnswerSource, ItemResult
 from cascade.workers.jobs import JobStatus
 from cascade.workers.manifest import read_manifest
 from cascade.workers.policy import Policy
+from cascade.workers.recall import leave_one_out
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class LabelledJob:
     data_sha256: str
     """Checksum of the labelled file: the policy records what it was calibrated on."""
     model: Path
+    data: Path
+    """The labelled CSV (its rows are the job's items: ``custom_id`` ``row-N`` is line N)."""
 
 
 def write_jsonl(labelled: Labelled, target: Path, limit: int | None = None) -> int:
@@ -63,17 +68,27 @@ def submit_labelled(
     top_k: int | None = None,
     limit: int | None = None,
     policy_file: Path | None = None,
+    memory_similarity: float | None = None,
+    memory_k: int = 3,
 ) -> LabelledJob:
     """Submit a labelled CSV as a job whose items carry their gold labels; the LLM is asked below ``threshold``
     (or as the policy file says)."""
     labelled = read_labelled_csv(data)
     check_labels(labelled, data, model)
-    spec = build_spec(settings, model, threshold=threshold, top_k=top_k, policy_file=policy_file)
+    spec = build_spec(
+        settings,
+        model,
+        threshold=threshold,
+        top_k=top_k,
+        policy_file=policy_file,
+        memory_similarity=memory_similarity,
+        memory_k=memory_k,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         jsonl = Path(tmp) / "labelled.jsonl"
         n = write_jsonl(labelled, jsonl, limit)
         job_id = submit_file(store, enqueue, settings, jsonl, spec)
-    return LabelledJob(job_id, n, labelled.sha256, model)
+    return LabelledJob(job_id, n, labelled.sha256, model, data)
 
 
 def split_csv(data: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -105,14 +120,39 @@ def _completed(store: RedisJobStore, job: LabelledJob) -> None:
         raise JobError(f"{job.job_id} ended {status.value}")
 
 
-def _identity(settings: Settings, job: LabelledJob) -> Identity:
-    return Identity(read_manifest(job.model).identity, settings.llm_model, job.data_sha256)
+def _identity(settings: Settings, store: RedisJobStore, job: LabelledJob) -> Identity:
+    """The specialist, LLM, labelled file and prompt (the job's) a policy is calibrated with."""
+    return Identity(
+        read_manifest(job.model).identity, settings.llm_model, job.data_sha256, store.spec(job.job_id).prompt_version
+    )
 
 
-def calibrate(settings: Settings, store: RedisJobStore, job: LabelledJob, opts: FitOptions) -> Policy:
-    """Fit a policy from a finished labelled job (``submit_labelled``); the policy says whether it is reachable."""
+def calibrate(
+    settings: Settings, store: RedisJobStore, job: LabelledJob, opts: FitOptions, memory_k: int | None = None
+) -> Policy:
+    """Fit a policy from a finished labelled job (``submit_labelled``); the policy says whether it is reachable.
+    ``memory_k``: calibrate the answer memory too (a ``minilm`` specialist), with this many neighbours."""
     _completed(store, job)
-    return fit_policy(calibration_data(store.iter_results(job.job_id)), opts, _identity(settings, job))
+    results = list(store.iter_results(job.job_id))
+    data = calibration_data(results)
+    if memory_k is not None:
+        data = with_memory(data, results, job, memory_k)
+    return fit_policy(data, opts, _identity(settings, store, job))
+
+
+def with_memory(data: CalibrationData, results: list[ItemResult], job: LabelledJob, k: int) -> CalibrationData:
+    """The calibration data with what the answer memory would answer for each item: its ``k`` nearest neighbours
+    among the LLM's answers on the other calibration items (``recall.leave_one_out``), against the gold label."""
+    model = specialist.load(job.model)
+    rows = labelled_rows(results)
+    texts = read_labelled_csv(job.data).texts
+    vectors = model.embed([texts[int(r.custom_id.removeprefix("row-")) - 2] for r in rows])
+    if vectors is None:
+        raise InputError(f"{job.model}: the answer memory needs a specialist trained with --features minilm")
+    answers = [r.llm_label if r.llm_source is not AnswerSource.MEMORY else None for r in rows]
+    labels, similarity = leave_one_out(vectors, answers, k)
+    memory_ok = np.array([np.nan if a is None else float(a == r.gold) for a, r in zip(labels, rows, strict=True)])
+    return dataclasses.replace(data, memory_ok=memory_ok, memory_similarity=similarity, memory_k=k)
 
 
 def evaluation(
@@ -129,7 +169,7 @@ def evaluation(
     view = store.get(job.job_id)
     n_items = max(len(cal.confidence), 1)
     cost = CostModel.measured(settings.prices(), view.specialist_seconds / n_items, view.llm_seconds / n_items)
-    return evaluate(cal, cost, targets, delta, _identity(settings, job), chosen)
+    return evaluate(cal, cost, targets, delta, _identity(settings, store, job), chosen)
 
 
 def save_policy(policy: Policy, model: Path) -> Path:

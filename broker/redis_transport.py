@@ -13,7 +13,8 @@ Also: kombu takes a message off its queue (BRPOP) and then, in a second command,
 Redis dies between the two, the message is gone from Redis and kombu drops the only copy it holds; here it is kept
 and put back on its queue as soon as this process reaches Redis again.
 
-Set as ``broker_transport`` by ``cascade.broker.celery_app.configure``; the URL stays ``redis://``.
+Set as ``broker_transport`` by ``cascade.broker.celery_app.configure``; the URL stays ``redis://`` (or ``rediss://``:
+``configure`` then sets ``broker_use_ssl``, which is what makes kombu connect with TLS).
 """
 
 import os
@@ -22,6 +23,8 @@ from typing import Any
 import redis
 from kombu.log import get_logger
 from kombu.transport import redis as kombu_redis
+
+from cascade.broker import connections
 
 logger = get_logger(__name__)
 
@@ -41,6 +44,9 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
+    # A refused or missing password is one error that says where and what to set (cascade.broker.connections).
+    connection_class = connections.Connection
+    connection_class_ssl = connections.SSLConnection
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -2,8 +2,9 @@
 
 import codecs
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from cascade.broker.intake import Intake, duplicate
 from cascade.broker.settings import Settings
@@ -14,18 +15,24 @@ from cascade.workers.jobs import JobSpec, OnLLMError, parse_window
 from cascade.workers.lifecycle import Sweep
 from cascade.workers.manifest import read_manifest
 from cascade.workers.policy import load_policy
+from cascade.workers.prompts import DEFAULT_PROMPT, Prompt, check_labels, load_prompt
 from cascade.workers.storage import JobStore
 
 Enqueue = Callable[[str, int], None]
 """Sends chunk ``index`` of job ``job_id`` to the specialist queue."""
 
 
-def parse_file(path: Path, intake: Intake) -> Iterator[Item | ItemError]:
+Opener = Callable[[], AbstractContextManager[IO[bytes]]]
+"""Opens an input file to read (a local file, or an upload in the file store)."""
+
+
+def parse_file(path: Path | Opener, intake: Intake) -> Iterator[Item | ItemError]:
     """Every non-blank line of a JSONL file, as an item or the error that refuses it. A UTF-8 byte order mark
     at the start of the file is dropped; a line over ``intake.max_line_bytes`` is refused without being held in
     memory."""
     limit = intake.max_line_bytes
-    with path.open("rb") as f:
+    opened = path.open("rb") if isinstance(path, Path) else path()
+    with opened as f:
         line_no = 0
         while raw := f.readline(limit + 1):
             line_no += 1
@@ -38,7 +45,7 @@ def parse_file(path: Path, intake: Intake) -> Iterator[Item | ItemError]:
                 yield intake.parse(line_no, raw.rstrip(b"\r\n"))
 
 
-def _skip_line(f: BinaryIO) -> int:
+def _skip_line(f: IO[bytes]) -> int:
     """Reads past the rest of a line, a MiB at a time; returns how many bytes it had."""
     size = 0
     while (rest := f.readline(1024 * 1024)) and not rest.endswith(b"\n"):
@@ -92,7 +99,7 @@ def submit_file(
     store: JobStore,
     enqueue: Enqueue,
     settings: Settings,
-    path: str | Path,
+    path: str | Path | Opener,
     spec: JobSpec,
     job_id: str | None = None,
     sweep: Sweep | None = None,
@@ -103,9 +110,10 @@ def submit_file(
     Reading the same file into the same job again (a worker died during intake) writes the same chunks and
     records, and skips the chunks already enqueued. A job asked to end while its input is read enqueues no more
     chunks, and its sweep is sent when the whole input is stored."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    if not callable(path):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
     if job_id is None:
         job_id = create_job(store, settings, spec)
     elif store.status(job_id).is_final:  # an intake delivered again after its job ended
@@ -113,7 +121,8 @@ def submit_file(
     chunker = _Chunker(store, enqueue, job_id)
     chunk: list[Item] = []
     total = 0
-    for parsed in parse_file(path, Intake(settings.max_text_chars, settings.max_id_chars)):
+    intake = Intake(settings.max_text_chars, settings.max_id_chars, models=settings.llm_models(spec.llm_model))
+    for parsed in parse_file(path, intake):
         total += 1
         if isinstance(parsed, ItemError):
             chunker.refuse(parsed)
@@ -138,12 +147,23 @@ def build_spec(
     max_escalation: float | None = None,
     max_llm_cost: float | None = None,
     explore: float | None = None,
+    memory_similarity: float | None = None,
+    memory_k: int = 3,
+    answer_cache: bool = True,
+    prompt_file: Path | None = None,
 ) -> JobSpec:
     """A job's spec from a model folder and the options of `cascade submit` (or of an API batch).
 
     The job pins the manifest's ``identity`` (the head's checksum, bound to the encoder folder's for a ``minilm``
-    model): the workers load exactly what it names or fail the chunk; a policy must name the same."""
-    manifest = read_manifest(model)
+    model): the workers load exactly what it names or fail the chunk; a policy must name the same. It also pins the
+    folder: a link (``models/NAME``, swapped by ``cascade promote``) is resolved once, here, and the manifest read
+    from the folder it points to now, so a job keeps its version whatever the link points to later.
+
+    The job's prompt: ``prompt_file``, else the model folder's ``prompt.json`` when there is one, else Cascade's
+    default; its labels must be the model's, and a policy must have been calibrated under it."""
+    folder = model.resolve()
+    manifest = read_manifest(folder)
+    prompt = _prompt(folder, manifest.labels, prompt_file)
     policy = None
     if policy_file is not None:
         policy = load_policy(policy_file)
@@ -154,10 +174,17 @@ def build_spec(
                 f"{policy_file}: calibrated with LLM {policy.llm_model!r}, but CASCADE_LLM_MODEL is "
                 f"{settings.llm_model!r}; its guarantee does not carry over; calibrate again"
             )
+        if policy.prompt_version != (prompt or DEFAULT_PROMPT).version:
+            raise InputError(
+                f"{policy_file}: calibrated under prompt version {policy.prompt_version}, but the job's prompt is "
+                f"version {(prompt or DEFAULT_PROMPT).version}; its guarantee does not carry over; calibrate again"
+            )
         rate = explore if explore is not None else (settings.explore_rate or policy.explore_rate)
         policy = policy.model_copy(update={"explore_rate": rate})
+    if (memory_similarity is not None or (policy and policy.memory)) and manifest.encoder is None:
+        raise InputError(f"{model}: the answer memory needs a specialist trained with --features minilm")
     return JobSpec(
-        model_path=str(model.resolve()),
+        model_path=str(folder),
         model_sha256=manifest.identity,
         threshold=threshold,
         top_k=settings.top_k if top_k is None else top_k,
@@ -168,4 +195,22 @@ def build_spec(
         max_llm_cost=max_llm_cost,
         usd_per_llm_token=settings.prices().usd_per_token,
         usd_per_cpu_second=settings.prices().usd_per_cpu_second,
+        memory_similarity=memory_similarity,
+        memory_k=memory_k,
+        answer_cache=answer_cache,
+        prompt=prompt,
     )
+
+
+PROMPT_FILE = "prompt.json"
+"""A model folder's default prompt file (``cascade-prompt/1``)."""
+
+
+def _prompt(folder: Path, labels: list[str], prompt_file: Path | None) -> Prompt | None:
+    """The job's prompt file, checked against the model's labels; None: Cascade's default prompt."""
+    path = prompt_file if prompt_file is not None else folder / PROMPT_FILE
+    if prompt_file is None and not path.is_file():
+        return None
+    prompt = load_prompt(path)
+    check_labels(prompt, labels, source=f"prompt file {path}")
+    return prompt

@@ -31,6 +31,8 @@ class Summary(BaseModel):
     tiers: dict[str, TierSummary]
     wall_seconds: float | None
     llm_tokens: int = 0
+    llm_cache_hits: int = 0
+    """LLM answers taken from the answer cache (or shared within a chunk): no LLM request, no cost."""
     cost_usd: dict[str, float] = {}
     """Estimated cost by tier, from the cost model recorded in the job's spec."""
     cost_per_1000_items: float | None = None
@@ -53,6 +55,7 @@ def summarize(job: JobView, stats: JobStats) -> Summary:
     items = job.counts.completed + job.counts.failed
     return Summary(
         llm_tokens=tokens,
+        llm_cache_hits=stats.llm_cache_hits,
         cost_usd=cost,
         cost_per_1000_items=1000 * sum(cost.values()) / items if items else None,
         all_llm_cost_usd=cost["llm"] / requests * items if requests else None,

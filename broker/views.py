@@ -37,7 +37,10 @@ def print_summary(out: Console, s: Summary) -> None:
 def print_cost(out: Console, s: Summary) -> None:
     parts = ", ".join(f"{tier} ${usd:.6f}" for tier, usd in s.cost_usd.items())
     per_1000 = f"${s.cost_per_1000_items:.6f}" if s.cost_per_1000_items is not None else "-"
-    out.print(f"cost (cost model): {parts}; {per_1000} per 1,000 items; LLM tokens {s.llm_tokens:,}")
+    out.print(
+        f"cost (cost model): {parts}; {per_1000} per 1,000 items; LLM tokens {s.llm_tokens:,}; "
+        f"LLM answers from the answer cache {s.llm_cache_hits:,} (no cost)"
+    )
     if s.all_llm_cost_usd is not None:
         saved = s.all_llm_cost_usd - sum(s.cost_usd.values())
         out.print(f"sending every item to the LLM would have cost ${s.all_llm_cost_usd:.6f}: saved ${saved:.6f}")

@@ -20,6 +20,13 @@ ITEMS = Counter(
 ESCALATIONS = Counter("cascade_escalations", "Items sent to the LLM, by reason.", ["reason"])
 LLM_ERRORS = Counter("cascade_llm_errors", "LLM requests that failed after their retries, by kind.", ["kind"])
 LLM_TOKENS = Counter("cascade_llm_tokens", "LLM tokens, from the responses' usage.", ["kind"])
+LLM_CACHE = Counter(
+    "cascade_llm_cache",
+    "Items of the LLM tier by how they got their LLM answer: hit (from the answer cache), shared (a duplicate in "
+    "its chunk, or another worker's request waited for), memory (the answer memory: near neighbours' LLM answers), "
+    "miss (the LLM was asked: one request each).",
+    ["result"],
+)
 COST = Counter("cascade_cost_usd", "Estimated cost in USD by tier, from the cost model in settings.", ["tier"])
 LABELLED = Counter(
     "cascade_labelled_items",
@@ -78,6 +85,7 @@ METRIC_NAMES = {
     "cascade_escalations_total",
     "cascade_llm_errors_total",
     "cascade_llm_tokens_total",
+    "cascade_llm_cache_total",
     "cascade_cost_usd_total",
     "cascade_labelled_items_total",
     "cascade_tier_agreement_total",

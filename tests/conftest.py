@@ -3,6 +3,8 @@
 Redis: ``CASCADE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``), flushed by the tests; never db 0.
 vLLM: the server at ``CASCADE_LLM_URL`` when it answers, else started once per session by
 ``deploy/local/vllm_serve.sh`` (and stopped at the end if this session started it).
+S3: the server at ``CASCADE_TEST_S3_ENDPOINT`` (default SeaweedFS on ``http://127.0.0.1:8333``, started by
+``deploy/local/common.sh ensure_seaweedfs``); each test that asks for ``s3_bucket`` gets a fresh bucket.
 """
 
 import csv
@@ -13,13 +15,17 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import pytest
 import redis
+import s3fs
 
+from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers import specialist
@@ -54,7 +60,7 @@ def redis_db(settings: Settings) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(settings: Settings, redis_db: redis.Redis) -> RedisJobStore:
-    return RedisJobStore(redis_db, settings.job_ttl)
+    return RedisJobStore(redis_db, settings.job_ttl, open_parts(settings))
 
 
 def dataset(name: str) -> Path:
@@ -78,6 +84,60 @@ def sms_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def banking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("banking_model"), dataset("banking77") / "train.csv")
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server the tests write to (SeaweedFS locally and in CI)."""
+
+    endpoint_url: str
+    key: str
+    secret: str
+
+    def filesystem(self, secret: str | None = None) -> s3fs.S3FileSystem:
+        """An s3fs filesystem on this server (``secret`` replaces the right one, to be refused). fsspec reuses one
+        instance per arguments, and with it its listings cache: ``invalidate_cache()`` before listing afresh."""
+        return s3fs.S3FileSystem(
+            key=self.key,
+            secret=self.secret if secret is None else secret,
+            client_kwargs={"endpoint_url": self.endpoint_url},
+        )
+
+
+def _s3_problem(endpoint_url: str) -> str:
+    """Why nothing answers at ``endpoint_url``, or "" when something does (any HTTP answer: S3 refuses a request
+    without a signature)."""
+    try:
+        httpx2.get(endpoint_url, timeout=5)
+    except httpx2.HTTPError as e:
+        return str(e) or type(e).__name__
+    return ""
+
+
+@pytest.fixture(scope="session")
+def s3() -> S3Server:
+    """The S3 server, which must answer: a missing one fails the test, never skips it."""
+    server = S3Server(
+        endpoint_url=os.environ.get("CASCADE_TEST_S3_ENDPOINT", "http://127.0.0.1:8333"),
+        key=os.environ.get("CASCADE_TEST_S3_KEY", "cascade-local"),
+        secret=os.environ.get("CASCADE_TEST_S3_SECRET", "cascade-local-secret"),
+    )
+    if problem := _s3_problem(server.endpoint_url):
+        where = f"{server.endpoint_url} ({problem})"
+        pytest.fail(f"no S3 server at {where}; start one: `. deploy/local/common.sh && ensure_seaweedfs`")
+    return server
+
+
+@pytest.fixture
+def s3_bucket(s3: S3Server) -> Iterator[str]:
+    """A new empty bucket, removed with its contents at the end of the test."""
+    fs = s3.filesystem()
+    name = f"cascade-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    yield name
+    fs.invalidate_cache()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
 
 
 def banking_rows(n: int, start: int = 0, prefix: str = "b77-") -> list[dict[str, object] | str]:
@@ -109,6 +169,10 @@ def _env(settings: Settings) -> dict[str, str]:
             "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
             "CASCADE_FILES_DIR": settings.files_dir,
             "CASCADE_METRICS_PORT": "0",  # a test that scrapes a worker gives it a port of its own
+            "CASCADE_RESULTS_URL": settings.results_url,
+            "CASCADE_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+            "CASCADE_S3_ACCESS_KEY_ID": settings.s3_access_key_id,
+            "CASCADE_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
         }
     )
     return env
@@ -153,6 +217,10 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerFactory]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # Shown by pytest only when the test failed: what the workers last said.
+    for n in range(len(procs)):
+        lines = (tmp_path / f"worker-{n}.log").read_text(errors="replace").splitlines()
+        print(f"--- worker-{n}.log, last 60 of {len(lines)} lines ---", *lines[-60:], sep="\n")
 
 
 def wait_for(store: RedisJobStore, job_id: str, timeout: float = 600) -> None:

@@ -88,8 +88,8 @@ def test_chunk_run_twice_changes_nothing(
 
     async def llm_twice() -> None:
         async with LLMClient(settings.llm_config()) as client:
-            await run_llm_chunk(store, client, job, first)
-            await run_llm_chunk(store, client, job, first)
+            await run_llm_chunk(store, client, job, 0, first)
+            await run_llm_chunk(store, client, job, 0, first)
 
     asyncio.run(llm_twice())
     view = store.get(job)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers.jobs import JobStatus
@@ -85,18 +86,24 @@ def test_cancel_mid_job_keeps_finished_items_and_starts_nothing_new(
     rows = sms_copies("s", 4)
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     job = submit(settings, path, sms_model, "--threshold", "0")  # queued: no worker yet
-    start_worker(queues="specialist", concurrency=1)
+    worker = start_worker(queues="specialist", concurrency=1)
     deadline = time.monotonic() + 120
     while store.get(job).counts.completed == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    out = subprocess.run(
-        [CASCADE, "cancel", job],
-        env=_env(settings),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+        time.sleep(0.01)
+    # A chunk takes ~20 ms: the worker is paused while `cascade cancel` starts (a second or more on a busy
+    # machine), else the job may complete first (it did once in CI, and cancel rightly refused an ended job).
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        out = subprocess.run(
+            [CASCADE, "cancel", job],
+            env=_env(settings),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
     assert "cancelling" in out.stdout
     kept = store.get(job).counts.completed
     view = store.wait(job, timeout=60)  # the worker drains the queued chunks without work, then sweeps the job
@@ -124,7 +131,10 @@ def test_worker_killed_during_intake_another_reads_the_file_once(
     job = store.create(build_spec(settings, sms_model, threshold=0.0))
     configure(app, settings)
     send_intake(app, job, file_id)
-    short = {"CASCADE_VISIBILITY_TIMEOUT": "5"}
+    # Short enough that the killed intake is delivered again soon, long enough that a chunk (its time limit is 80%
+    # of it) still fits the first model load of a new pool process on a busy machine (at 5 s, two chunks of 300
+    # failed with time_limit in a CI run while other work ran).
+    short = {"CASCADE_VISIBILITY_TIMEOUT": "20"}
     first = start_worker(queues="specialist", concurrency=1, **short)
     deadline = time.monotonic() + 120
     while store.chunks_sent(job) < 5 and time.monotonic() < deadline:
@@ -191,7 +201,7 @@ def test_redis_killed_mid_job_loses_nothing(
     port = free_port()
     server = _redis_server(port, tmp_path)
     own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/1"})
-    store = RedisJobStore.from_url(own.redis_url, own.job_ttl)
+    store = RedisJobStore.from_url(own.redis_url, own.job_ttl, open_parts(own))
     rows = sms_copies("r", 12)
     write_jsonl(Path(own.files_dir) / "file-redis-killed", rows)
     n = len(rows)

@@ -93,7 +93,7 @@ def test_worker_refuses_to_serve_llm_queue_without_a_working_server(settings: Se
     proc = subprocess.run(
         [CASCADE, "worker", "--queues", "llm"], check=False, env=env, capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 6  # infrastructure (README: exit codes)
     assert "does not answer" in proc.stderr
 
 
@@ -110,6 +110,6 @@ def test_calibration_refuses_labels_the_model_does_not_know(
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # input
     assert "1 label(s) the model" in proc.stderr
     assert "weather_forecast" in proc.stderr

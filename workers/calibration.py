@@ -22,6 +22,11 @@ How it holds (Learn then Test, Angelopoulos et al. 2021, with fixed-sequence tes
    ``delta`` without a multiplicity correction, so the least-escalating certified policy is wrong (true accuracy
    below target) with probability at most ``delta``. Neither the chain's shape nor the split fraction enters the
    argument: any chain built on the selection part alone, and any fixed fraction, keep the guarantee.
+The answer memory (``cascade.workers.recall``), when the data carry what it would answer (leave one out: each
+item against the LLM's answers on all the other calibration items), joins in: on the selection part, the
+smallest similarity (0.99 down to 0.50, by 0.01) at which the memory's answers are at least as accurate as the
+LLM's on the same items is chosen, and the certification counts the memory's answer, not the LLM's, for every escalated
+item it would answer. The certified bound therefore covers the memory's answers too.
 Clopper-Pearson was chosen over a betting confidence sequence (as in BARGAIN) for its simplicity: the data are a
 fixed batch, not a stream, and CP is exact for a binomial proportion.
 """
@@ -38,6 +43,8 @@ from scipy.stats import beta
 
 from cascade.workers.errors import InputError
 from cascade.workers.policy import GLOBAL, Band, Certificate, Policy, band_index
+from cascade.workers.prompts import PROMPT_VERSION
+from cascade.workers.recall import MemoryRule
 
 SHRINK = 20.0
 """Pseudo-items pulling a class's band gain towards the band's global gain (per-class policies)."""
@@ -74,11 +81,30 @@ class CalibrationData:
     """1.0 or 0.0 where the LLM was asked, NaN where it was not."""
     llm_tokens: NDArray[np.float64]
     """Prompt + completion tokens where the LLM was asked, NaN where it was not."""
+    memory_ok: NDArray[np.float64] | None = None
+    """1.0 or 0.0 where the answer memory would answer (``recall.leave_one_out``), NaN where it would not; None:
+    no answer memory."""
+    memory_similarity: NDArray[np.float64] | None = None
+    """The smallest similarity of the agreeing neighbours where the memory would answer, NaN elsewhere."""
+    memory_k: int = 3
 
     def __post_init__(self) -> None:
         n = len(self.confidence)
         if not (len(self.predicted) == len(self.specialist_ok) == len(self.llm_ok) == len(self.llm_tokens) == n):
             raise ValueError("calibration arrays differ in length")
+        if (self.memory_ok is None) != (self.memory_similarity is None):
+            raise ValueError("the memory's answers and their similarities go together")
+        if self.memory_ok is not None and self.memory_similarity is not None and len(self.memory_ok) != n:
+            raise ValueError("calibration arrays differ in length")
+        if self.memory_similarity is not None and len(self.memory_similarity) != n:
+            raise ValueError("calibration arrays differ in length")
+
+    def memory_hits(self, similarity: float | None) -> NDArray[np.bool_]:
+        """Where the memory answers at this similarity (nowhere when None)."""
+        if similarity is None or self.memory_similarity is None:
+            return np.zeros(len(self.confidence), dtype=bool)
+        found = self.memory_similarity >= similarity
+        return np.asarray(found & ~np.isnan(self.memory_similarity), dtype=bool)
 
 
 def lower_bound(correct: int, n: int, delta: float, bound: Bound = Bound.CLOPPER_PEARSON) -> float:
@@ -133,9 +159,13 @@ class FitOptions:
 
 @dataclass(frozen=True)
 class Identity:
+    """What a policy was calibrated with: it holds for this specialist, LLM and prompt only."""
+
     specialist_sha256: str
     llm_model: str
     calibration_sha256: str
+    prompt_version: str = PROMPT_VERSION
+    """The LLM's prompt (``Prompt.version``): Cascade's default unless the job had a prompt file."""
 
 
 def _band_edges(conf: NDArray[np.float64], cap: float, n_bands: int) -> list[float]:
@@ -185,10 +215,12 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
         chain = _nested(candidates, unit_key, sel, opts.max_escalation)
 
     abstained = np.isin(band_of, abstain)
-    chosen, certificate = _fixed_sequence(data, cert, chain, unit_key, abstained, opts)
+    memory = choose_memory_rule(data, sel)
+    hits = data.memory_hits(memory.similarity if memory else None)
+    chosen, certificate = _fixed_sequence(data, cert, chain, unit_key, abstained, hits, opts)
     reachable = chosen is not None
     if chosen is None:
-        certificate = _certify(data, np.arange(n), np.isin(unit_key, list(chain[-1])), abstained, opts)
+        certificate = _certify(data, np.arange(n), np.isin(unit_key, list(chain[-1])), abstained, hits, opts)
         message = (
             f"no policy reaches accuracy {opts.target} with probability {1 - opts.delta}: the best reachable "
             f"accuracy is {certificate.accuracy:.3f} (lower bound {certificate.lower_bound:.3f}) at "
@@ -200,6 +232,11 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
             f"accuracy >= {opts.target} with probability >= {1 - opts.delta}: certified lower bound "
             f"{certificate.lower_bound:.3f} on {certificate.n} items, {certificate.escalation_share:.1%} escalated"
         )
+        if memory is not None and certificate.memory_share > 0:
+            message += (
+                f", of which {certificate.memory_share:.1%} answered by the answer memory "
+                f"(k={memory.k}, similarity >= {memory.similarity})"
+            )
     escalate: dict[str, list[int]] = {}
     for u in chosen:
         key, b = u.rsplit("|", 1)
@@ -216,15 +253,23 @@ def fit_policy(data: CalibrationData, opts: FitOptions, ident: Identity) -> Poli
         "bands": bands,
         "gains": gains,
         "certificate": certificate,
+        "memory": memory if chosen else None,
         "specialist_sha256": ident.specialist_sha256,
         "llm_model": ident.llm_model,
+        "prompt_version": ident.prompt_version,
         "calibration_sha256": ident.calibration_sha256,
         "calibration_items": n,
-        "mean_llm_tokens": float(np.nanmean(data.llm_tokens)) if asked.any() else 0.0,
+        "mean_llm_tokens": _mean_tokens(data.llm_tokens),
     }
     digest = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in body.items())).encode()).hexdigest()[:12]
     now = time.time()
     return Policy(version=f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{digest}", created_at=now, **body)
+
+
+def _mean_tokens(tokens: NDArray[np.float64]) -> float:
+    """Mean LLM tokens per request bought (NaN: not asked, or answered from the answer cache); 0 with none."""
+    bought = tokens[~np.isnan(tokens)]
+    return float(bought.mean()) if bought.size else 0.0
 
 
 def _check(data: CalibrationData, opts: FitOptions) -> None:
@@ -350,19 +395,47 @@ def _interval_chain(
     return [(), *reversed(shrinking)]
 
 
+SIMILARITIES = tuple(round(0.99 - 0.01 * i, 2) for i in range(50))
+"""The similarities tried for the answer memory, from the strictest down."""
+MIN_MEMORY_ITEMS = 20
+"""Selection items the memory must answer at a similarity before it is measured there."""
+
+
+def choose_memory_rule(data: CalibrationData, sel: NDArray[np.int_]) -> MemoryRule | None:
+    """On the selection part: the smallest similarity at which the memory's answers (all those at that similarity or
+    above) are at least as accurate as the LLM's on the same items. Chosen on the selection part only, so the
+    certification, which counts the memory's answers at it, stays valid whatever it is."""
+    if data.memory_ok is None or data.memory_similarity is None:
+        return None
+    asked = sel[~np.isnan(data.llm_ok[sel]) & ~np.isnan(data.memory_similarity[sel])]
+    rule = None
+    for similarity in SIMILARITIES:
+        hit = asked[data.memory_similarity[asked] >= similarity]
+        if len(hit) < MIN_MEMORY_ITEMS:
+            continue
+        memory_accuracy, llm_accuracy = float(np.mean(data.memory_ok[hit])), float(np.mean(data.llm_ok[hit]))
+        if memory_accuracy < llm_accuracy:
+            continue
+        rule = MemoryRule(
+            k=data.memory_k, similarity=similarity, accuracy=memory_accuracy, llm_accuracy=llm_accuracy, n=len(hit)
+        )
+    return rule
+
+
 def _fixed_sequence(
     data: CalibrationData,
     cert: NDArray[np.int_],
     chain: list[tuple[str, ...]],
     unit_key: NDArray[np.str_],
     abstained: NDArray[np.bool_],
+    hits: NDArray[np.bool_],
     opts: FitOptions,
 ) -> tuple[tuple[str, ...] | None, Certificate]:
     """Test P_K, P_K-1, ... on the certification half; the last one certified before the first failure."""
     chosen: tuple[str, ...] | None = None
-    certificate = _certify(data, cert, np.isin(unit_key, list(chain[-1])), abstained, opts)
+    certificate = _certify(data, cert, np.isin(unit_key, list(chain[-1])), abstained, hits, opts)
     for units in reversed(chain):
-        result = _certify(data, cert, np.isin(unit_key, list(units)), abstained, opts)
+        result = _certify(data, cert, np.isin(unit_key, list(units)), abstained, hits, opts)
         if result.lower_bound < opts.target:
             break
         chosen, certificate = units, result
@@ -374,10 +447,16 @@ def _certify(
     idx: NDArray[np.int_],
     escalated: NDArray[np.bool_],
     abstained: NDArray[np.bool_],
+    hits: NDArray[np.bool_],
     opts: FitOptions,
 ) -> Certificate:
+    """The escalated items take the memory's answer where it answers (``hits``), the LLM's elsewhere."""
     answered = idx[~abstained[idx]]
-    correct = np.where(escalated[answered], data.llm_ok[answered] == 1.0, data.specialist_ok[answered])
+    remembered = hits & escalated
+    asked_ok = data.llm_ok[answered] == 1.0
+    if data.memory_ok is not None:
+        asked_ok = np.where(remembered[answered], data.memory_ok[answered] == 1.0, asked_ok)
+    correct = np.where(escalated[answered], asked_ok, data.specialist_ok[answered])
     k, n = int(np.sum(correct)), len(answered)
     return Certificate(
         method=f"{opts.bound.value}, fixed-sequence testing" if opts.bound is Bound.CLOPPER_PEARSON else "none",
@@ -386,4 +465,5 @@ def _certify(
         lower_bound=lower_bound(k, n, opts.delta, opts.bound),
         escalation_share=float(np.mean(escalated[idx])) if len(idx) else 0.0,
         abstain_share=float(np.mean(abstained[idx])) if len(idx) else 0.0,
+        memory_share=float(np.mean(remembered[idx])) if len(idx) else 0.0,
     )

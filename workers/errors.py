@@ -6,6 +6,7 @@
     ├── ModelError              a model folder is missing, altered, foreign or built with other library versions
     ├── JobError                a job cannot do what was asked in its state
     │   └── NotFoundError       no such job or file (or not the caller's)
+    ├── StorageError            the result store cannot be reached, or holds a part that is missing or damaged
     └── LLMError                the LLM server failed or broke its contract
         └── LLMContractError    the server does not constrain its output to the given choices
 
@@ -35,6 +36,10 @@ class JobError(CascadeError):
 
 class NotFoundError(JobError):
     """No such job or file, or one that belongs to another caller."""
+
+
+class StorageError(CascadeError):
+    """The result store cannot be written or read, or a committed part file is missing or fails its checksum."""
 
 
 class LLMError(CascadeError):

@@ -16,24 +16,52 @@ from pydantic import BaseModel
 
 from cascade.workers.calibration import CalibrationData, FitOptions, Identity, fit_policy
 from cascade.workers.costs import Prices
-from cascade.workers.errors import InputError
-from cascade.workers.items import ItemResult
+from cascade.workers.errors import CascadeError, InputError
+from cascade.workers.items import AnswerSource, ItemResult
 from cascade.workers.policy import Policy, band_index
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(
+    proba: NDArray[np.float64], predicted_ok: NDArray[np.bool_], bins: int = ECE_BINS
+) -> float:
+    """Expected calibration error of the top-label confidence: ``bins`` equal-width bins of ``(0, 1]`` on each
+    item's largest probability; the mean over items of |accuracy - mean confidence| of the item's bin.
+
+    ``proba``: one row of class probabilities per item; ``predicted_ok``: whether each item's most probable label
+    is its gold one.
+    """
+    confidence = np.max(proba, axis=1)
+    ok = np.asarray(predicted_ok, dtype=np.float64)
+    if len(confidence) == 0 or len(ok) != len(confidence):
+        raise InputError(f"{len(confidence)} probability rows but {len(ok)} outcomes")
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    correct = np.bincount(index, weights=ok, minlength=bins)
+    confident = np.bincount(index, weights=confidence, minlength=bins)
+    return float(np.abs(correct - confident).sum() / len(confidence))
+
+
+def labelled_rows(results: Iterable[ItemResult]) -> list[ItemResult]:
+    """The results that carry a gold label, in input order: the rows of ``calibration_data``."""
+    rows = sorted((r for r in results if r.gold is not None), key=lambda r: r.line)
+    if not rows:
+        raise InputError("no result carries a gold label")
+    return rows
 
 
 def calibration_data(results: Iterable[ItemResult]) -> CalibrationData:
     """One row per result that carries a gold label. Where the LLM failed, its answer counts as the specialist's
     (what a job keeps), so the measured gain of escalating is never overstated."""
-    rows = sorted((r for r in results if r.gold is not None), key=lambda r: r.line)
-    if not rows:
-        raise InputError("no result carries a gold label")
+    rows = labelled_rows(results)
     spec_ok = np.array([r.specialist_label == r.gold for r in rows])
     llm_ok = np.full(len(rows), np.nan)
     tokens = np.full(len(rows), np.nan)
     for i, r in enumerate(rows):
         if r.llm_label is not None:
             llm_ok[i] = float(r.llm_label == r.gold)
-            tokens[i] = float(r.llm_tokens)
+            if r.llm_source in {None, AnswerSource.LLM}:  # an answer not bought for the item says nothing of cost
+                tokens[i] = float(r.llm_tokens)
         elif r.llm_error:
             llm_ok[i] = float(spec_ok[i])
             tokens[i] = 0.0
@@ -81,7 +109,9 @@ class Point(BaseModel):
 
 def point(name: str, data: CalibrationData, escalated: NDArray[np.bool_], cost: CostModel, **extra: Any) -> Point:
     correct = np.where(escalated, data.llm_ok == 1.0, data.specialist_ok)
-    tokens = float(np.nansum(np.where(escalated, data.llm_tokens, 0.0))) / len(correct) * 1000
+    bought = data.llm_tokens[escalated & ~np.isnan(data.llm_tokens)]  # answers from the cache: tokens unknown
+    per_request = float(bought.mean()) if bought.size else 0.0
+    tokens = per_request * float(np.sum(escalated)) / len(correct) * 1000
     return Point(
         name=name,
         accuracy=float(np.mean(correct)),
@@ -183,7 +213,10 @@ def evaluate(
 
 
 def plot(report: Report, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:  # an extra: the API's and workers' image has no use for it
+        raise CascadeError("the cost-accuracy plot needs matplotlib: pip install 'cascade[plots]'") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,27 +1,35 @@
 """Turning what a chunk wrote into metric updates. Called with only the records that were new in the store, so a
 chunk that runs twice counts once. Which route counts as which tier is decided here, next to the records."""
 
+from collections import Counter
 from collections.abc import Sequence
 
 from cascade.monitoring import metrics
-from cascade.workers.items import ItemError, ItemResult, Route, Tier
+from cascade.workers.answers import CacheResult
+from cascade.workers.items import AnswerSource, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec
 
 
 def _labelled(results: Sequence[ItemResult]) -> None:
-    for r in results:
-        if r.correct is not None:
-            metrics.LABELLED.labels(tier=r.tier.value, correct=str(r.correct).lower()).inc()
+    counted = Counter((r.tier.value, str(r.correct).lower()) for r in results if r.correct is not None)
+    for (tier, correct), n in counted.items():
+        metrics.LABELLED.labels(tier=tier, correct=correct).inc(n)
 
 
 def specialist_chunk(
     spec: JobSpec, results: Sequence[ItemResult], sent: Sequence[tuple[Route, float]], seconds: float
 ) -> None:
     """A specialist chunk: its new final answers, and the items it newly sent to the LLM (route, confidence)."""
+    items: Counter[tuple[str, str]] = Counter()  # counted first: one update per label set, not per item
     for r in results:
-        outcome = "abstained" if r.tier is Tier.ABSTAIN else "answered"
-        metrics.ITEMS.labels(tier="specialist", outcome=outcome).inc()
         metrics.CONFIDENCE.observe(r.specialist_confidence)
+        if r.llm_source is AnswerSource.MEMORY:  # escalated, and answered by the answer memory
+            items.update([("specialist", "escalated"), ("llm", "answered")])
+            metrics.LLM_CACHE.labels(result=CacheResult.MEMORY.value).inc()
+            continue
+        items["specialist", "abstained" if r.tier is Tier.ABSTAIN else "answered"] += 1
+    for (tier, outcome), n in items.items():
+        metrics.ITEMS.labels(tier=tier, outcome=outcome).inc(n)
     for route, confidence in sent:
         metrics.CONFIDENCE.observe(confidence)
         if route is Route.ESCALATE:
@@ -56,6 +64,12 @@ def llm_answers(spec: JobSpec, results: Sequence[ItemResult], errors: Sequence[I
         metrics.LLM_ERRORS.labels(kind=e.llm_error_kind or "other").inc()
     _labelled(results)
     metrics.COST.labels(tier="llm").inc(tokens * spec.usd_per_llm_token)
+
+
+def answer_cache(found: Sequence[CacheResult]) -> None:
+    """How new records of the LLM tier got their answer: from the cache, shared with another request, or asked."""
+    for result in found:
+        metrics.LLM_CACHE.labels(result=result.value).inc()
 
 
 def llm_chunk_seconds(seconds: float) -> None:

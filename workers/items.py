@@ -31,6 +31,19 @@ class Tier(str, Enum):
     """Neither tier is trusted: the label is the specialist's, provisional, for human review."""
 
 
+class AnswerSource(str, Enum):
+    """Where an item's LLM answer (``llm_label``) came from."""
+
+    LLM = "llm"
+    """The LLM was asked about this item (and paid for)."""
+    CACHE = "cache"
+    """An earlier LLM answer on the same normalised text, candidates, model and prompt (``answers.answer_key``):
+    no LLM call, no cost."""
+    MEMORY = "memory"
+    """The answer memory: the agreeing LLM answers of the item's nearest remembered neighbours (embeddings), above
+    the calibrated similarity. No LLM call, no cost."""
+
+
 class ErrorCode(str, Enum):
     """Every code of the error file: why a line was refused or an item failed."""
 
@@ -69,6 +82,24 @@ class ErrorCode(str, Enum):
     """An unexpected error in Cascade while processing the item's chunk (the message says which)."""
 
 
+class Role(str, Enum):
+    """Who wrote a message of an OpenAI input line's conversation."""
+
+    SYSTEM = "system"
+    """Also OpenAI's ``developer`` role, read as a system message."""
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Message(BaseModel):
+    """One message of an input line's conversation, other than the text classified (its last user message)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
 class Item(BaseModel):
     """One valid input line."""
 
@@ -78,6 +109,9 @@ class Item(BaseModel):
     text: str
     line: int
     label: str | None = None
+    context: list[Message] | None = None
+    """An OpenAI line's other messages (its system messages, earlier turns), in order; None when the line has only
+    the one user message (and for a line with ``text``)."""
 
 
 class ItemResult(BaseModel):
@@ -95,6 +129,8 @@ class ItemResult(BaseModel):
     candidates: list[str] | None = None
     llm_label: str | None = None
     llm_confidence: float | None = None
+    llm_source: AnswerSource | None = None
+    """Where ``llm_label`` came from: the LLM, the answer cache or the answer memory (None: no LLM answer)."""
     llm_error: str | None = None
     llm_error_kind: str | None = None
     """timeout, connection, status_4xx, status_5xx, contract."""
@@ -135,3 +171,8 @@ class Escalation(BaseModel):
     route: Route = Route.ESCALATE
     """``explore``: the LLM is asked to measure it, the specialist's answer stays final."""
     sampling_probability: float | None = None
+    vector: str | None = None
+    """The specialist's embedding of the text (base64 float16), with a ``minilm`` specialist: the LLM worker adds
+    it, with the LLM's answer, to the answer memory."""
+    context: list[Message] | None = None
+    """The line's own messages (``Item.context``): the LLM reads them with the text."""

@@ -7,8 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.workers.errors import InputError
 from cascade.workers.policy import Policy
+from cascade.workers.prompts import DEFAULT_PROMPT, Prompt
 
-_WINDOW = re.compile(r"^(\d+)([smh])$")
+_WINDOW = re.compile(r"^([0-9]+)([smh])$")  # ASCII digits only: a full-width "1h" is refused, not read as 1h
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -36,8 +37,6 @@ class JobStatus(str, Enum):
     def accepts_work(self) -> bool:
         """Chunks of the job may still start (the input is read and chunks run while validating)."""
         return self in {JobStatus.VALIDATING, JobStatus.IN_PROGRESS}
-
-
 
 
 INTERIM = {
@@ -79,13 +78,26 @@ class JobSpec(BaseModel):
     """The cost model's LLM price at submission, for budgets and the cost metric."""
     usd_per_cpu_second: float = Field(default=0.0, ge=0.0)
     """The cost model's CPU price at submission, for the cost metric."""
+    answer_cache: bool = True
+    """Take LLM answers from the answer cache (same normalised text, candidates, model and prompt), and add the
+    job's own answers to it (``--no-answer-cache`` turns both off)."""
+    memory_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    """The answer memory (a ``minilm`` specialist only): an escalated item whose ``memory_k`` nearest remembered
+    neighbours all carry the same LLM answer, each at cosine similarity at least this, takes that answer instead of
+    the LLM's. None: no answer memory, unless the job's policy has a calibrated ``memory`` rule (which wins)."""
+    memory_k: int = Field(default=3, ge=1, le=50)
+    prompt: Prompt | None = None
+    """The job's prompt file (``cascade submit --prompt``, or the model folder's ``prompt.json``), checked against
+    the model's labels at submission; None: Cascade's default prompt."""
 
     @property
     def policy_version(self) -> str | None:
         return self.policy.version if self.policy else None
 
-
-
+    @property
+    def prompt_version(self) -> str:
+        """The identity of the prompt the job's LLM answers are given under (``Prompt.version``)."""
+        return (self.prompt or DEFAULT_PROMPT).version
 
 
 class Counts(BaseModel):
@@ -142,6 +154,8 @@ class JobStats(BaseModel):
     """Prompt + completion tokens of the LLM answers recorded."""
     llm_requests: int = 0
     """LLM answers recorded (requests that were answered)."""
+    llm_cache_hits: int = 0
+    """LLM answers recorded that were taken from the answer cache or shared within a chunk: no request, no cost."""
 
 
 def parse_window(window: str, max_seconds: int) -> int:

@@ -67,7 +67,7 @@ def fail_chunk(store: JobStore, job_id: str, index: int, code: ErrorCode, messag
         ItemError(line=i.line, custom_id=i.custom_id, code=code, message=f"line {i.line}: {message}")
         for i in store.chunk(job_id, index)
     ]
-    recorded = store.record(job_id, errors=errors)
+    recorded = store.record(job_id, index, errors=errors, whole=True)
     instrument.failed_items(recorded.errors, tier="specialist")
     finished(store, job_id, recorded)
 
@@ -129,7 +129,7 @@ def missing_chunks(store: JobStore, job_id: str) -> list[int]:
     return [
         index
         for index in range(store.chunk_count(job_id))
-        if store.unrecorded(job_id, [i.custom_id for i in store.chunk(job_id, index)])
+        if store.unrecorded(job_id, index, [i.custom_id for i in store.chunk(job_id, index)])
     ]
 
 

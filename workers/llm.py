@@ -21,10 +21,22 @@ from openai.types.chat import ChatCompletion
 from cascade.monitoring.metrics import STAGE_SECONDS
 from cascade.workers.config import LLMConfig
 from cascade.workers.errors import LLMContractError, LLMError
+from cascade.workers.items import Message
+from cascade.workers.prompts import PROMPT_VERSION, SYSTEM_PROMPT, USER_TEMPLATE, Prompt, render
 
-SYSTEM_PROMPT = (
-    "You are a text classifier. Read the message and answer with exactly one label from the list, and nothing else."
-)
+__all__ = [
+    "BAD",
+    "PROMPT_VERSION",
+    "SYSTEM_PROMPT",
+    "USER_TEMPLATE",
+    "LLMAnswer",
+    "LLMClient",
+    "build_messages",
+    "choice_confidence",
+    "estimate_tokens",
+]
+"""The prompt's templates and default version live in ``cascade.workers.prompts``; they are re-exported here."""
+
 
 # The contract check: an unconstrained model answers "hello"; a constrained one must pick a choice.
 _CHECK_PROMPT = "Reply with the single word hello and nothing else."
@@ -40,9 +52,8 @@ class LLMAnswer:
 
 
 def build_messages(text: str, candidates: Sequence[str]) -> list[dict[str, str]]:
-    labels = "\n".join(f"- {c}" for c in candidates)
-    user = f"Message:\n{text}\n\nLabels:\n{labels}\n\nAnswer with one label."
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    """The messages of a request with the default prompt and no conversation (``prompts.render``)."""
+    return render(text, candidates)
 
 
 def _kind(error: openai.APIError) -> str:
@@ -55,9 +66,9 @@ def _kind(error: openai.APIError) -> str:
     return "other"
 
 
-def estimate_tokens(text: str, top_k: int) -> float:
+def estimate_tokens(text: str, top_k: int, context: Sequence[Message] = ()) -> float:
     """Rough prompt + completion tokens of one request, before it is sent (about 4 characters a token)."""
-    return (len(SYSTEM_PROMPT) + len(text)) / 4 + 30 + 8 * (top_k or 20)
+    return (len(SYSTEM_PROMPT) + len(text) + sum(len(m.content) for m in context)) / 4 + 30 + 8 * (top_k or 20)
 
 
 def choice_confidence(tokens: Sequence[dict[str, Any]], candidates: Sequence[str]) -> float:
@@ -106,9 +117,7 @@ def _answer(response: ChatCompletion, candidates: Sequence[str]) -> LLMAnswer:
 class LLMClient:
     """Classifies texts among candidate labels with a vLLM server. Create and use it inside one event loop."""
 
-    def __init__(
-        self, config: LLMConfig, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, config: LLMConfig, top_logprobs: int = 5, http_client: httpx2.AsyncClient | None = None) -> None:
         self.model = config.model
         self.url = config.url
         self.max_tokens = config.max_tokens
@@ -131,15 +140,18 @@ class LLMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def classify(self, text: str, candidates: Sequence[str]) -> LLMAnswer:
-        """One item; raises ``LLMError`` when the server still fails after its retries."""
+    async def classify(
+        self, text: str, candidates: Sequence[str], prompt: Prompt | None = None, context: Sequence[Message] = ()
+    ) -> LLMAnswer:
+        """One item, under the job's ``prompt`` and with its line's own messages (``prompts.render``); raises
+        ``LLMError`` when the server still fails after its retries."""
         if not candidates:
             raise ValueError("no candidate labels")
         start = time.perf_counter()
         try:
             response = await self._client.chat.completions.create(
                 model=self.model,
-                messages=build_messages(text, candidates),  # type: ignore[arg-type]
+                messages=render(text, candidates, prompt, context=context),  # type: ignore[arg-type]
                 max_tokens=self.max_tokens,
                 temperature=0.0,
                 logprobs=True,

@@ -55,6 +55,24 @@ class HoldoutMetrics(BaseModel):
     train_seconds: float
 
 
+class Lineage(BaseModel):
+    """Where a model learned from the LLM (``cascade learn``) comes from. A model ``cascade train`` wrote has none:
+    it is a root."""
+
+    parent: str
+    """The parent's ``identity``."""
+    ancestors: list[str]
+    """Every ancestor's ``identity``, the root first and the parent last."""
+    jobs: list[str]
+    """The jobs whose LLM answers were learned from."""
+    llm_labels: int
+    """How many LLM-labelled items were added to the original training data."""
+    llm_weight: float
+    """The sample weight of each LLM-labelled item (each original item weighs 1)."""
+    data_sha256: str
+    """The checksum of the original training data (the root's ``data_sha256``)."""
+
+
 class Manifest(BaseModel):
     """``manifest.json`` of a model folder: what was trained, on what, with which libraries, and its checksum."""
 
@@ -68,6 +86,9 @@ class Manifest(BaseModel):
     python: str
     features: Features = Features.TFIDF
     encoder: EncoderManifest | None = None
+    lineage: Lineage | None = None
+    """Set for a model learned from LLM answers; ``data_sha256`` is then that of the data it was fitted on (the
+    original data and the LLM-labelled items), ``lineage.data_sha256`` that of the original data."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -78,6 +99,16 @@ class Manifest(BaseModel):
         if self.encoder is None:
             return self.model_sha256
         return hashlib.sha256(f"{self.format}\0{self.model_sha256}\0{self.encoder.sha256}".encode()).hexdigest()
+
+    @property
+    def line(self) -> list[str]:
+        """The identities of the model's line: its ancestors, root first, then its own."""
+        return [*(self.lineage.ancestors if self.lineage else []), self.identity]
+
+    @property
+    def original_data_sha256(self) -> str:
+        """The checksum of the labelled data the line's root was trained on."""
+        return self.lineage.data_sha256 if self.lineage else self.data_sha256
 
 
 def library_versions(features: Features = Features.TFIDF) -> dict[str, str]:

@@ -1,15 +1,17 @@
 """A job store in process memory: the ``JobStore`` contract without Redis, for unit tests and local runs.
 
 Same semantics as the Redis store (the contract tests run over both); one process only, nothing persisted.
+``MemoryAnswerCache`` is the same kind of fake for the answer cache (``cascade.workers.answers``).
 """
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cascade.workers.answers import CachedAnswer, Claim
 from cascade.workers.errors import NotFoundError
-from cascade.workers.items import Item, ItemError, ItemResult
+from cascade.workers.items import AnswerSource, Item, ItemError, ItemResult
 from cascade.workers.jobs import INTERIM, Counts, JobSpec, JobStats, JobStatus, JobView, TierStats
 from cascade.workers.storage import IntakeOutcome, Recorded
 
@@ -39,8 +41,11 @@ class _Job:
     ids: dict[str, int] = field(default_factory=dict)
     results: dict[str, ItemResult] = field(default_factory=dict)
     errors: dict[str, ItemError] = field(default_factory=dict)
-    escalated: set[str] = field(default_factory=set)
-    explored: set[str] = field(default_factory=set)
+    chunk_of: dict[str, int] = field(default_factory=dict)
+    """custom_id -> the chunk its record was written for (records are served chunk by chunk)."""
+    sent: set[int] = field(default_factory=set)
+    escalated: int = 0
+    explored: int = 0
     stats: JobStats = field(default_factory=JobStats)
 
 
@@ -76,7 +81,7 @@ class MemoryJobStore:
             total=job.total,
             completed=len(job.results),
             failed=len(job.errors) + len(job.invalid),
-            escalated=len(job.escalated),
+            escalated=job.escalated,
         )
         return JobView(
             id=job_id,
@@ -145,6 +150,7 @@ class MemoryJobStore:
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
         job = self._job(job_id)
         job.total, job.chunks = total, chunks
+        job.ids.clear()  # the intake's duplicate-id claims end with it
         if job.status is JobStatus.VALIDATING:
             if chunks == 0:
                 return IntakeOutcome.EMPTY
@@ -155,18 +161,27 @@ class MemoryJobStore:
             return IntakeOutcome.SWEEP
         return IntakeOutcome.ENDED
 
-    def mark_sent(self, job_id: str, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
+    def mark_sent(self, job_id: str, chunk: int, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
         job = self._job(job_id)
-        new = (set(escalated) - job.escalated) | (set(explored) - job.explored)
-        job.escalated |= set(escalated)
-        job.explored |= set(explored)
-        return new
+        if chunk in job.sent:
+            return set()
+        job.sent.add(chunk)
+        job.escalated += len(escalated)
+        job.explored += len(explored)
+        return {*escalated, *explored}
 
-    def unrecorded(self, job_id: str, custom_ids: Sequence[str]) -> list[str]:
+    def unrecorded(self, job_id: str, chunk: int, custom_ids: Sequence[str]) -> list[str]:
         job = self._job(job_id)
         return [c for c in custom_ids if c not in job.results and c not in job.errors]
 
-    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> Recorded:
+    def record(
+        self,
+        job_id: str,
+        chunk: int,
+        results: Sequence[ItemResult] = (),
+        errors: Sequence[ItemError] = (),
+        whole: bool = False,
+    ) -> Recorded:
         job = self._job(job_id)
         new_results = [r for r in results if self._add_result(job, r)]
         new_errors = []
@@ -176,6 +191,8 @@ class MemoryJobStore:
             if e.custom_id not in job.results and e.custom_id not in job.errors:
                 job.errors[e.custom_id] = e
                 new_errors.append(e)
+        for custom_id in [*(r.custom_id for r in new_results), *(e.custom_id for e in new_errors)]:
+            job.chunk_of[str(custom_id)] = chunk
         if new_results or new_errors:
             job.progress_at = time.time()
         finished = bool(results or errors) and self._try_finish(job)
@@ -198,6 +215,7 @@ class MemoryJobStore:
         if r.llm_tokens > 0:
             stats.llm_tokens += r.llm_tokens
             stats.llm_requests += 1
+        stats.llm_cache_hits += int(r.llm_source is AnswerSource.CACHE)
         return True
 
     def _try_finish(self, job: _Job) -> bool:
@@ -206,19 +224,23 @@ class MemoryJobStore:
         if len(job.results) + len(job.errors) + len(job.invalid) < job.total:
             return False
         job.status, job.finished_at = JobStatus.COMPLETED, time.time()
-        job.items.clear()
         return True
 
     def iter_results(self, job_id: str) -> Iterator[ItemResult]:
-        yield from list(self._job(job_id).results.values())
+        job = self._job(job_id)
+        yield from sorted(job.results.values(), key=lambda r: (job.chunk_of[r.custom_id], r.line))
 
     def iter_errors(self, job_id: str) -> Iterator[ItemError]:
         job = self._job(job_id)
-        yield from [*job.invalid.values(), *job.errors.values()]
+        yield from sorted(job.invalid.values(), key=lambda e: e.line)
+        yield from sorted(job.errors.values(), key=lambda e: (job.chunk_of[str(e.custom_id)], e.line))
 
-    def request_end(
-        self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None
-    ) -> bool:
+    def texts(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, str]:
+        job = self._job(job_id)
+        wanted = {c for c in custom_ids if c in job.results and job.results[c].llm_label is not None}
+        return {i.custom_id: i.text for items in job.items.values() for i in items if i.custom_id in wanted}
+
+    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None) -> bool:
         job = self._job(job_id)
         if not job.status.accepts_work:
             return False
@@ -237,7 +259,6 @@ class MemoryJobStore:
         if job.status.is_final:
             return False
         job.status, job.finished_at, job.error = status, time.time(), error or job.error
-        job.items.clear()
         return True
 
     def active_ids(self) -> list[str]:
@@ -252,3 +273,39 @@ class MemoryJobStore:
         job = self._job(job_id)
         job.reaps, job.progress_at = job.reaps + 1, time.time()
         return job.reaps
+
+
+class MemoryAnswerCache:
+    """The answer cache in a dict (a fake for unit tests): no TTL nor size bound; claims lapse on the clock."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, CachedAnswer] = {}
+        self.claims: dict[str, tuple[str, float]] = {}
+        """key -> (owner, monotonic time the claim lapses)."""
+
+    def get(self, keys: Sequence[str]) -> dict[str, CachedAnswer]:
+        return {k: self.answers[k] for k in keys if k in self.answers}
+
+    def claim(self, keys: Sequence[str], owner: str, seconds: float) -> dict[str, CachedAnswer | Claim]:
+        now = time.monotonic()
+        outcome: dict[str, CachedAnswer | Claim] = {}
+        for key in keys:
+            holder, until = self.claims.get(key, ("", now))
+            if key in self.answers:
+                outcome[key] = self.answers[key]
+            elif holder in {"", owner} or until <= now:
+                self.claims[key] = (owner, now + seconds)
+                outcome[key] = Claim.MINE
+            else:
+                outcome[key] = Claim.THEIRS
+        return outcome
+
+    def put(self, answers: Mapping[str, CachedAnswer]) -> None:
+        for key, answer in answers.items():
+            self.answers.setdefault(key, answer)
+            self.claims.pop(key, None)
+
+    def release(self, keys: Sequence[str], owner: str) -> None:
+        for key in keys:
+            if self.claims.get(key, ("", 0.0))[0] == owner:
+                del self.claims[key]

@@ -4,8 +4,10 @@ Plain functions over the ``JobStore`` contract: the Celery tasks in ``cascade.wo
 unit tests call them with the in-memory store, without Redis or a broker.
 """
 
+import contextlib
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,11 +16,13 @@ from numpy.typing import NDArray
 
 from cascade.monitoring import metrics
 from cascade.workers import instrument, lifecycle
+from cascade.workers.answers import AnswerCache, CacheResult, Claiming, Question, Resolution, answer_key, resolve
 from cascade.workers.errors import LLMError
-from cascade.workers.items import ErrorCode, Escalation, Item, ItemError, ItemResult, Route, Tier
+from cascade.workers.items import AnswerSource, ErrorCode, Escalation, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, OnLLMError
 from cascade.workers.llm import LLMAnswer, LLMClient, estimate_tokens
 from cascade.workers.policy import by_value, route, route_with_policy, within_budget
+from cascade.workers.recall import AnswerMemory, MemoryRule, Recalled, pack
 from cascade.workers.specialist import Specialist, top_candidates
 from cascade.workers.storage import JobStore
 
@@ -45,10 +49,13 @@ def specialist_result(
     )
 
 
-def llm_result(esc: Escalation, answer: LLMAnswer) -> ItemResult:
+def llm_result(esc: Escalation, answer: LLMAnswer, source: AnswerSource = AnswerSource.LLM) -> ItemResult:
+    """An escalated item with its LLM answer. Only an answer bought for this item (``source`` llm) carries its
+    tokens: an answer taken from the cache costs nothing."""
     confidence = answer.confidence if math.isfinite(answer.confidence) else 0.0
     explored = esc.route is Route.EXPLORE
     label = esc.specialist_label if explored else answer.label
+    bought = source is AnswerSource.LLM
     return ItemResult(
         custom_id=esc.custom_id,
         line=esc.line,
@@ -61,8 +68,9 @@ def llm_result(esc: Escalation, answer: LLMAnswer) -> ItemResult:
         candidates=esc.candidates,
         llm_label=answer.label,
         llm_confidence=confidence,
-        llm_prompt_tokens=answer.prompt_tokens,
-        llm_completion_tokens=answer.completion_tokens,
+        llm_source=source,
+        llm_prompt_tokens=answer.prompt_tokens if bought else None,
+        llm_completion_tokens=answer.completion_tokens if bought else None,
         sampling_probability=esc.sampling_probability,
         gold=esc.gold,
         correct=_correct(label, esc.gold),
@@ -103,6 +111,34 @@ Reserve = Callable[[list[float]], int]
 """Given the costs of a chunk's escalations, best first, how many of them the job's budget still allows."""
 
 
+def memory_result(item: Item, label: str, confidence: float, candidates: list[str], recalled: Recalled) -> ItemResult:
+    """An escalated item the answer memory answered: the LLM's earlier answer on its near neighbours."""
+    return ItemResult(
+        custom_id=item.custom_id,
+        line=item.line,
+        label=recalled.label,
+        confidence=recalled.similarity,
+        tier=Tier.LLM,
+        route=Route.ESCALATE,
+        specialist_label=label,
+        specialist_confidence=confidence,
+        candidates=candidates,
+        llm_label=recalled.label,
+        llm_source=AnswerSource.MEMORY,
+        gold=item.label,
+        correct=_correct(recalled.label, item.label),
+    )
+
+
+def memory_rule(spec: JobSpec) -> MemoryRule | None:
+    """The job's answer memory rule: its policy's calibrated one, else the similarity the job set, else none."""
+    if spec.policy is not None and spec.policy.memory is not None:
+        return spec.policy.memory
+    if spec.memory_similarity is None:
+        return None
+    return MemoryRule(k=spec.memory_k, similarity=spec.memory_similarity)
+
+
 @dataclass(frozen=True)
 class Decision:
     item: Item
@@ -110,6 +146,7 @@ class Decision:
     confidence: float
     route: Route
     row: NDArray[np.float64]
+    vector: NDArray[np.float32] | None = None
 
 
 def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> list[Decision]:
@@ -117,22 +154,48 @@ def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> list
     if not items:
         return []
     labels = specialist.labels
-    proba = specialist.predict_proba([i.text for i in items])
+    texts = [i.text for i in items]
+    vectors = specialist.embed(texts)
+    proba = specialist.predict_proba(texts, vectors)
     best = proba.argmax(axis=1)
     decisions = []
-    for item, row, b in zip(items, proba, best, strict=True):
+    for n, (item, row, b) in enumerate(zip(items, proba, best, strict=True)):
         label, confidence = labels[int(b)], float(row[b])
         if spec.policy is not None:
             chosen = route_with_policy(spec.policy, item.custom_id, label, confidence)
         else:
             chosen = route(confidence, spec.threshold)
-        decisions.append(Decision(item, label, confidence, chosen, row))
+        decisions.append(Decision(item, label, confidence, chosen, row, None if vectors is None else vectors[n]))
     return decisions
 
 
-def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None) -> set[int]:
-    """Indices (into ``decisions``) of the escalations the budget keeps: best expected gain per cost first."""
-    wanted = [i for i, d in enumerate(decisions) if d.route is Route.ESCALATE]
+def recall(
+    decisions: Sequence[Decision], candidates: dict[int, list[str]], spec: JobSpec, memory: AnswerMemory | None
+) -> dict[int, Recalled]:
+    """Indices (into ``decisions``) of the escalated items the answer memory answers, with its answers: the
+    neighbours agree, are similar enough, and their label is among the item's ``candidates``. An item with its own
+    messages (a system prompt, earlier turns) is never answered from memory: its neighbours were answered without
+    them."""
+    rule = memory_rule(spec)
+    wanted = [
+        i
+        for i, d in enumerate(decisions)
+        if d.route is Route.ESCALATE and d.vector is not None and d.item.context is None
+    ]
+    if rule is None or memory is None or not wanted:
+        return {}
+    found = memory.lookup(np.stack([decisions[i].vector for i in wanted]), rule)  # type: ignore[misc]
+    return {
+        i: recalled
+        for i, recalled in zip(wanted, found, strict=True)
+        if recalled is not None and recalled.label in candidates[i]
+    }
+
+
+def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None, skip: Sequence[int] = ()) -> set[int]:
+    """Indices (into ``decisions``) of the escalations the budget keeps: best expected gain per cost first.
+    ``skip``: escalated items answered otherwise (the answer memory), which cost nothing."""
+    wanted = [i for i, d in enumerate(decisions) if d.route is Route.ESCALATE and i not in skip]
     if spec.max_escalation is None and spec.max_llm_cost is None:
         return set(wanted)
     policy = spec.policy
@@ -140,7 +203,10 @@ def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None)
         policy.gain(decisions[i].label, decisions[i].confidence) if policy else 1.0 - decisions[i].confidence
         for i in wanted
     ]
-    costs = [estimate_tokens(decisions[i].item.text, spec.top_k) * spec.usd_per_llm_token for i in wanted]
+    costs = [
+        estimate_tokens(decisions[i].item.text, spec.top_k, decisions[i].item.context or ()) * spec.usd_per_llm_token
+        for i in wanted
+    ]
     max_items = len(wanted)
     if spec.max_escalation is not None:
         max_items = math.floor(spec.max_escalation * len(decisions))
@@ -152,16 +218,29 @@ def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None)
 
 
 def split_chunk(
-    items: Sequence[Item], specialist: Specialist, spec: JobSpec, reserve: Reserve | None = None
+    items: Sequence[Item],
+    specialist: Specialist,
+    spec: JobSpec,
+    reserve: Reserve | None = None,
+    memory: AnswerMemory | None = None,
 ) -> tuple[list[ItemResult], list[Escalation]]:
-    """Run the specialist on a chunk; the rule and the budget split it into final answers and escalations."""
+    """Run the specialist on a chunk; the rule, the answer memory and the budget split it into final answers and
+    escalations. ``memory``: the answer memory as of the chunk's start (with a ``minilm`` specialist)."""
     decisions = decide(items, specialist, spec)
-    allowed = _budgeted(decisions, spec, reserve)
+    candidates = {  # the LLM's choices of every item that may reach it
+        i: top_candidates(d.row, specialist.labels, spec.top_k)
+        for i, d in enumerate(decisions)
+        if d.route in (Route.ESCALATE, Route.EXPLORE)
+    }
+    recalled = recall(decisions, candidates, spec, memory)
+    allowed = _budgeted(decisions, spec, reserve, skip=list(recalled))
     explore_p = spec.policy.explore_rate if spec.policy else None
     accepted: list[ItemResult] = []
     escalated: list[Escalation] = []
     for i, d in enumerate(decisions):
-        if d.route is Route.EXPLORE or (d.route is Route.ESCALATE and i in allowed):
+        if i in recalled:
+            accepted.append(memory_result(d.item, d.label, d.confidence, candidates[i], recalled[i]))
+        elif d.route is Route.EXPLORE or (d.route is Route.ESCALATE and i in allowed):
             escalated.append(
                 Escalation(
                     custom_id=d.item.custom_id,
@@ -170,9 +249,11 @@ def split_chunk(
                     gold=d.item.label,
                     specialist_label=d.label,
                     specialist_confidence=d.confidence,
-                    candidates=top_candidates(d.row, specialist.labels, spec.top_k),
+                    candidates=candidates[i],
                     route=d.route,
                     sampling_probability=explore_p if d.route is Route.EXPLORE else None,
+                    vector=None if d.vector is None else pack(d.vector),
+                    context=d.item.context,
                 )
             )
         elif d.route is Route.ESCALATE:
@@ -182,8 +263,11 @@ def split_chunk(
     return accepted, escalated
 
 
-def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, index: int) -> list[Escalation]:
-    """Answer a stored chunk's confident items; return the escalations still without a record."""
+def run_specialist_chunk(
+    store: JobStore, specialist: Specialist, job_id: str, index: int, memory: AnswerMemory | None = None
+) -> list[Escalation]:
+    """Answer a stored chunk's confident items (and those the answer memory, read at the chunk's start, answers);
+    return the escalations still without a record."""
     if not store.status(job_id).accepts_work:  # ended, or ending: its sweep takes the items
         return []
     spec = store.spec(job_id)
@@ -195,13 +279,14 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
     items = store.chunk(job_id, index)
     metrics.IN_FLIGHT.labels(tier="specialist").inc(len(items))
     try:
-        accepted, escalated = split_chunk(items, specialist, spec, reserve)
+        accepted, escalated = split_chunk(items, specialist, spec, reserve, memory)
         new = store.mark_sent(
             job_id,
+            index,
             [e.custom_id for e in escalated if e.route is Route.ESCALATE],
             [e.custom_id for e in escalated if e.route is Route.EXPLORE],
         )
-        recorded = store.record(job_id, results=accepted)
+        recorded = store.record(job_id, index, results=accepted, whole=not escalated)
     finally:
         metrics.IN_FLIGHT.labels(tier="specialist").dec(len(items))
     seconds = time.perf_counter() - start
@@ -210,79 +295,134 @@ def run_specialist_chunk(store: JobStore, specialist: Specialist, job_id: str, i
     instrument.specialist_chunk(spec, recorded.results, sent, seconds)
     lifecycle.finished(store, job_id, recorded)
     # A chunk that runs again sends on only what has no record yet.
-    pending = set(store.unrecorded(job_id, [e.custom_id for e in escalated]))
+    pending = set(store.unrecorded(job_id, index, [e.custom_id for e in escalated]))
     return [e for e in escalated if e.custom_id in pending]
 
 
-def llm_record(esc: Escalation, answer: LLMAnswer | LLMError, on_error: OnLLMError) -> ItemResult | ItemError:
-    return llm_result(esc, answer) if isinstance(answer, LLMAnswer) else llm_failure(esc, answer, on_error)
+CLAIM_SECONDS = 300.0
+"""A claim's life when the caller gives none: the settings' default LLM timeout (60 s) times its tries (5)."""
 
 
 class _Recorder:
     """Writes a chunk's LLM records as they come, in small groups: a worker killed mid-chunk loses (and pays
     again for) at most the requests in flight and one group."""
 
-    def __init__(self, store: JobStore, job_id: str, spec: JobSpec, group: int, seconds: float) -> None:
-        self.store, self.job_id, self.spec = store, job_id, spec
+    def __init__(self, store: JobStore, job_id: str, chunk: int, spec: JobSpec, group: int, seconds: float) -> None:
+        self.store, self.job_id, self.chunk, self.spec = store, job_id, chunk, spec
         self.group, self.seconds = group, seconds
         self.results: list[ItemResult] = []
         self.errors: list[ItemError] = []
+        self.found: dict[str, CacheResult] = {}
+        """custom_id -> how its LLM answer was found, for the records that reached the LLM tier."""
         self.last = time.monotonic()
 
-    def add(self, record: ItemResult | ItemError) -> None:
+    def add(self, record: ItemResult | ItemError, found: CacheResult | None = None) -> None:
         if isinstance(record, ItemResult):
             self.results.append(record)
         else:
             self.errors.append(record)
+        if found is not None and record.custom_id is not None:
+            self.found[record.custom_id] = found
         if len(self.results) + len(self.errors) >= self.group or time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
         if not self.results and not self.errors:
             return
-        recorded = self.store.record(self.job_id, results=self.results, errors=self.errors)
-        self.results, self.errors, self.last = [], [], time.monotonic()
+        recorded = self.store.record(self.job_id, self.chunk, results=self.results, errors=self.errors)
+        new = [r.custom_id for r in recorded.results] + [e.custom_id for e in recorded.errors]
+        found = [self.found[c] for c in new if c is not None and c in self.found]
+        self.results, self.errors, self.found, self.last = [], [], {}, time.monotonic()
         instrument.llm_answers(self.spec, recorded.results, recorded.errors)
+        instrument.answer_cache(found)
         lifecycle.finished(self.store, self.job_id, recorded)
+
+
+def _by_key(escalations: Sequence[Escalation], model: str, prompt_version: str) -> dict[str, list[Escalation]]:
+    """The escalations by answer key, in order: the items of one key are asked about once."""
+    groups: dict[str, list[Escalation]] = {}
+    for esc in escalations:
+        key = answer_key(model, prompt_version, esc.candidates, esc.text, esc.context)
+        groups.setdefault(key, []).append(esc)
+    return groups
+
+
+def _fan_out(
+    recorder: _Recorder, group: list[Escalation], resolved: Resolution, on_error: OnLLMError
+) -> tuple[Escalation, LLMAnswer] | None:
+    """Record one key's answer on each of its items; returns the item and answer the LLM was asked and paid for.
+
+    An answer asked about here is the first item's own (``llm``, its tokens); its duplicates share it, as a cached
+    answer (``cache``, no tokens, no cost), like every item of a key found in the cache or waited for."""
+    first, answer = group[0], resolved.answer
+    asked = resolved.result is CacheResult.MISS
+    for n, esc in enumerate(group):
+        found = resolved.result if n == 0 or not asked else CacheResult.SHARED
+        if isinstance(answer, LLMError):
+            recorder.add(llm_failure(esc, answer, on_error), found)
+        else:
+            source = AnswerSource.LLM if found is CacheResult.MISS else AnswerSource.CACHE
+            recorder.add(llm_result(esc, answer, source), found)
+    return (first, answer) if asked and isinstance(answer, LLMAnswer) else None
 
 
 async def run_llm_chunk(
     store: JobStore,
     client: LLMClient,
     job_id: str,
+    chunk: int,
     escalations: Sequence[Escalation],
     group: int = 16,
     group_seconds: float = 1.0,
-) -> None:
-    """Ask the LLM about the escalations that still have no record, recording the answers as they arrive (at most
-    ``group`` answers or ``group_seconds`` between writes)."""
+    cache: AnswerCache | None = None,
+    claiming: Claiming | None = None,
+) -> list[tuple[Escalation, LLMAnswer]]:
+    """Answer the escalations that still have no record, recording the answers as they arrive (at most ``group``
+    answers or ``group_seconds`` between writes); returns the escalations the LLM was asked about (one per distinct
+    answer key) with the answers it gave.
+
+    Items with the same answer key (``answers.answer_key``) are asked about once. With a ``cache`` and the job's
+    ``answer_cache``, an answer already bought is taken from it, a key another worker is asking about is waited
+    for, and every answer bought here is added to it, as ``claiming`` says (default: a claim of this call only, for
+    ``CLAIM_SECONDS``)."""
     if not store.status(job_id).accepts_work:
-        return
-    pending = set(store.unrecorded(job_id, [e.custom_id for e in escalations]))
+        return []
+    pending = set(store.unrecorded(job_id, chunk, [e.custom_id for e in escalations]))
     todo = [e for e in escalations if e.custom_id in pending]
     if not todo:
-        return
+        return []
     spec = store.spec(job_id)
-    recorder = _Recorder(store, job_id, spec, group, group_seconds)
+    recorder = _Recorder(store, job_id, chunk, spec, group, group_seconds)
+    groups = _by_key(todo, client.model, spec.prompt_version)
+    requests = {key: Question(g[0].text, g[0].candidates, g[0].context or ()) for key, g in groups.items()}
+    shared = cache if spec.answer_cache else None
+    bought: list[tuple[Escalation, LLMAnswer]] = []
     start = time.perf_counter()
     metrics.IN_FLIGHT.labels(tier="llm").inc(len(todo))
     try:
-        async for i, answer in client.classify_each([(e.text, e.candidates) for e in todo]):
-            recorder.add(llm_record(todo[i], answer, spec.on_llm_error))
+        claim = claiming or Claiming(owner=uuid.uuid4().hex, seconds=CLAIM_SECONDS)
+        async with contextlib.aclosing(resolve(client, requests, shared, claim, spec.prompt)) as answers:
+            async for resolved in answers:
+                asked = _fan_out(recorder, groups[resolved.key], resolved, spec.on_llm_error)
+                if asked is not None:
+                    bought.append(asked)
         recorder.flush()
     finally:
         metrics.IN_FLIGHT.labels(tier="llm").dec(len(todo))
     seconds = time.perf_counter() - start
     store.add_seconds(job_id, "llm", seconds)
     instrument.llm_chunk_seconds(seconds)
+    return bought
 
 
-def fail_escalations(store: JobStore, job_id: str, escalations: Sequence[Escalation], error: LLMError) -> None:
+def fail_escalations(
+    store: JobStore, job_id: str, chunk: int, escalations: Sequence[Escalation], error: LLMError
+) -> None:
     """Record every escalation still without a record as the LLM failing on it (the job's ``on_llm_error``
     decides: the specialist's answer, marked, or an error), when its LLM chunk cannot run at all."""
     spec = store.spec(job_id)
-    pending = set(store.unrecorded(job_id, [e.custom_id for e in escalations]))
-    recorder = _Recorder(store, job_id, spec, group=len(escalations) or 1, seconds=float("inf"))
+    pending = set(store.unrecorded(job_id, chunk, [e.custom_id for e in escalations]))
+    recorder = _Recorder(store, job_id, chunk, spec, group=len(escalations) or 1, seconds=float("inf"))
     for esc in escalations:
         if esc.custom_id in pending:
             recorder.add(llm_failure(esc, error, spec.on_llm_error))

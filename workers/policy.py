@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascade.workers.errors import InputError
 from cascade.workers.items import Route
+from cascade.workers.prompts import PROMPT_VERSION
+from cascade.workers.recall import MemoryRule
 
 POLICY_FORMAT = "cascade-policy/1"
 GLOBAL = "*"
@@ -60,6 +62,8 @@ class Certificate(BaseModel):
     """One-sided (1 - delta) lower confidence bound on the cascade's accuracy."""
     escalation_share: float
     abstain_share: float
+    memory_share: float = 0.0
+    """Share of the items the answer memory answered instead of the LLM (counted in ``accuracy``)."""
 
 
 class Policy(BaseModel):
@@ -82,8 +86,14 @@ class Policy(BaseModel):
     gains: dict[str, float] = {}
     """Expected accuracy gain of escalating an item of a unit ('class|band' or '*|band'), for budget ranking."""
     certificate: Certificate | None
+    memory: MemoryRule | None = None
+    """The answer memory's calibrated rule (``cascade calibrate --memory``): escalated items it answers take its
+    answer instead of the LLM's; the certificate counts them."""
     specialist_sha256: str
     llm_model: str
+    prompt_version: str = PROMPT_VERSION
+    """The prompt the LLM was calibrated under (``Prompt.version``); a policy file written before prompts were
+    versioned was calibrated under Cascade's default prompt."""
     calibration_sha256: str
     calibration_items: int
     mean_llm_tokens: float

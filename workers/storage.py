@@ -3,9 +3,11 @@
 ``cascade.broker.store.RedisJobStore`` implements it for production; ``cascade.workers.memory.MemoryJobStore``
 for unit tests. One contract test class runs over both (``tests/workers/store_contract.py``).
 
-The promise every implementation keeps: records are keyed by job and ``custom_id``, the first record written for
-an item wins, an item is never in both the results and the errors, and counters move only for new records. A
-chunk that runs twice changes nothing.
+The promise every implementation keeps: records are keyed by job, chunk and ``custom_id``, the first record
+written for an item wins, an item is never in both the results and the errors, and counters move only for new
+records. A chunk that runs twice changes nothing. Once every item of a chunk has its record, a store may move the
+chunk out of its fast storage (the Redis store commits it to the result store): its items are then no longer
+returned by ``chunk``, and no record is written for it again.
 """
 
 from collections.abc import Iterator, Sequence
@@ -70,7 +72,7 @@ class JobStore(Protocol):
     def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None: ...
 
     def chunk(self, job_id: str, index: int) -> list[Item]:
-        """The chunk's items; none once the job has ended."""
+        """The chunk's items while any has no record; none once the chunk was committed, or its keys expired."""
         ...
 
     def chunk_count(self, job_id: str) -> int: ...
@@ -83,7 +85,8 @@ class JobStore(Protocol):
 
     def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
         """For each item, whether its ``custom_id`` is its own (first seen on its line) or a duplicate. Reading
-        the same lines again gives the same answers."""
+        the same lines again gives the same answers. The claims last until ``finish_intake``, which drops them: a
+        reading that starts again after it reads from line 1 and claims anew, with the same answers."""
         ...
 
     def chunks_sent(self, job_id: str) -> int:
@@ -96,33 +99,48 @@ class JobStore(Protocol):
         ...
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
-        """Record how many lines and chunks the job has; a validating job with chunks starts running."""
+        """Record how many lines and chunks the job has; a validating job with chunks starts running. The intake's
+        duplicate-id claims (``claim_ids``) are dropped."""
         ...
 
     # --- records ---
-    def mark_sent(self, job_id: str, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
-        """Remember which items went to the LLM; returns those not marked before (a chunk may run twice)."""
+    def mark_sent(self, job_id: str, chunk: int, escalated: Sequence[str], explored: Sequence[str] = ()) -> set[str]:
+        """Count a chunk's items that went to the LLM, once per chunk; returns them when counted now, else none (the
+        chunk ran before)."""
         ...
 
-    def unrecorded(self, job_id: str, custom_ids: Sequence[str]) -> list[str]:
-        """The ids among ``custom_ids`` that have neither a result nor an error yet."""
+    def unrecorded(self, job_id: str, chunk: int, custom_ids: Sequence[str]) -> list[str]:
+        """The ids among ``custom_ids`` (items of ``chunk``) that have neither a result nor an error yet."""
         ...
 
-    def record(self, job_id: str, results: Sequence[ItemResult] = (), errors: Sequence[ItemError] = ()) -> Recorded:
-        """Write the records of items that have none yet; returns the new ones; completes the job when every line
-        has its record."""
+    def record(
+        self,
+        job_id: str,
+        chunk: int,
+        results: Sequence[ItemResult] = (),
+        errors: Sequence[ItemError] = (),
+        whole: bool = False,
+    ) -> Recorded:
+        """Write the records of the chunk's items that have none yet; returns the new ones; completes the job when
+        every line has its record. ``whole``: these are records of every item of the chunk (a store may then commit
+        them at once, when the chunk has no record yet)."""
         ...
 
-    def iter_results(self, job_id: str) -> Iterator[ItemResult]: ...
+    def iter_results(self, job_id: str) -> Iterator[ItemResult]:
+        """Chunk by chunk, each in line order."""
+        ...
 
     def iter_errors(self, job_id: str) -> Iterator[ItemError]:
-        """The lines refused at intake, then the items that failed."""
+        """The lines refused at intake, then the items that failed, chunk by chunk, each in line order."""
+        ...
+
+    def texts(self, job_id: str, custom_ids: Sequence[str]) -> dict[str, str]:
+        """The texts of those of ``custom_ids`` that are LLM-answered items of the job (``cascade learn``), kept
+        until the job's keys expire."""
         ...
 
     # --- ending ---
-    def request_end(
-        self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None
-    ) -> bool:
+    def request_end(self, job_id: str, final: JobStatus, only_if_due: bool = False, reason: str | None = None) -> bool:
         """Ask a running job to end early as ``final`` (cancelled through cancelling; expired or failed through
         finalizing; with ``only_if_due`` only if its completion window has passed); ``reason`` becomes the job's
         error. True when its sweep is due now; False when nothing was to be done or the intake will ask for the

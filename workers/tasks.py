@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial, wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,17 +20,25 @@ from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError
 from prometheus_client import multiprocess
 
+from cascade.broker.answer_cache import RedisAnswerCache
 from cascade.broker.celery_app import TaskName, app, send_llm_chunk, send_specialist_chunk, send_sweep
-from cascade.broker.files import FileStore
+from cascade.broker.fair import FairEnqueue, FairQueue
+from cascade.broker.files import open_files
+from cascade.broker.recall_store import RedisMemoryStore
+from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.broker.submit import submit_file
 from cascade.workers import instrument, lifecycle
 from cascade.workers import specialist as specialist_model
+from cascade.workers.answers import Claiming
 from cascade.workers.errors import CascadeError, LLMError, ModelError
 from cascade.workers.items import ErrorCode, Escalation
-from cascade.workers.llm import LLMClient
-from cascade.workers.pipeline import fail_escalations, run_llm_chunk, run_specialist_chunk
+from cascade.workers.jobs import JobSpec
+from cascade.workers.llm import LLMAnswer, LLMClient
+from cascade.workers.manifest import read_manifest
+from cascade.workers.pipeline import fail_escalations, memory_rule, run_llm_chunk, run_specialist_chunk
+from cascade.workers.recall import AnswerMemory, Remembered, memory_name
 from cascade.workers.storage import JobStore
 
 # Redis unreachable (redis-py's errors; kombu's OperationalError when a task sends another one).
@@ -81,12 +89,82 @@ def _process_gone(**_: object) -> None:
 
 @lru_cache(maxsize=1)
 def _store(url: str, ttl: int) -> RedisJobStore:
-    return RedisJobStore.from_url(url, ttl)
+    return RedisJobStore.from_url(url, ttl, open_parts(_settings()))
+
+
+@lru_cache(maxsize=1)
+def _fair(url: str, ttl: int, depth: int) -> FairQueue:
+    return FairQueue(_store(url, ttl).redis, depth)
+
+
+def _fair_queue(settings: Settings) -> FairQueue:
+    """The fair queue of specialist chunks (``cascade.broker.fair``), over the job store's connection."""
+    return _fair(settings.redis_url, settings.job_ttl, settings.dispatch_depth)
+
+
+@lru_cache(maxsize=1)
+def _answer_cache(url: str, ttl: int, max_entries: int) -> RedisAnswerCache:
+    return RedisAnswerCache.from_url(url, ttl, max_entries)
+
+
+def _answers(settings: Settings) -> RedisAnswerCache:
+    return _answer_cache(settings.redis_url, settings.answer_cache_ttl, settings.answer_cache_max)
+
+
+def _claiming(job_id: str, chunk: int) -> Claiming:
+    """The LLM chunk's claims on answer keys: named after the chunk, so that the chunk delivered again (its worker
+    died) takes its own claims back at once instead of waiting for them to lapse."""
+    return Claiming(owner=f"{job_id}:llm:{chunk}", seconds=_settings().answer_claim_seconds())
 
 
 @lru_cache(maxsize=4)
 def _specialist(path: str, sha256: str) -> specialist_model.Specialist:
     return specialist_model.load(path, expected_sha256=sha256, threads=_settings().encoder_threads)
+
+
+def _memory_store(settings: Settings) -> RedisMemoryStore:
+    """The answer memories, over the job store's connection."""
+    client = _store(settings.redis_url, settings.job_ttl).redis
+    return RedisMemoryStore(client, settings.memory_max, settings.memory_ttl)
+
+
+_replicas: dict[str, AnswerMemory] = {}
+"""This process's replicas of the answer memories, by name, brought up to date at each chunk's start."""
+
+
+def _memory(model: specialist_model.Specialist, spec: JobSpec) -> AnswerMemory | None:
+    """The answer memory of the job's encoder and LLM as of now, when the job uses one."""
+    encoder = model.manifest.encoder
+    if encoder is None or memory_rule(spec) is None:
+        return None
+    settings = _settings()
+    name = memory_name(encoder.sha256, spec.llm_model, spec.prompt_version)
+    replica = _replicas.setdefault(name, AnswerMemory(encoder.dimension, settings.memory_max))
+    replica.sync(_memory_store(settings), name)
+    return replica
+
+
+@lru_cache(maxsize=16)
+def _encoder_sha256(model_path: str, identity: str) -> str | None:
+    """The encoder checksum of a job's specialist, from its manifest (the model itself is not loaded)."""
+    manifest = read_manifest(model_path)
+    return None if manifest.encoder is None or manifest.identity != identity else manifest.encoder.sha256
+
+
+def _remember(store: JobStore, job_id: str, llm_model: str, answered: Sequence[tuple[Escalation, LLMAnswer]]) -> None:
+    """Add the LLM's new answers, with their texts' embeddings, to the answer memory of the job's encoder, of the
+    LLM that answered and of the job's prompt (``minilm`` specialists: their escalations carry the embeddings). An
+    answer given with the line's own messages (a system prompt, earlier turns) is not remembered: it answered more
+    than the text."""
+    entries = [
+        Remembered(answer.label, e.vector) for e, answer in answered if e.vector is not None and e.context is None
+    ]
+    if not entries:
+        return
+    spec = store.spec(job_id)
+    encoder = _encoder_sha256(spec.model_path, spec.model_sha256)
+    if encoder is not None:
+        _memory_store(_settings()).append(memory_name(encoder, llm_model, spec.prompt_version), entries)
 
 
 def _sweep(job_id: str) -> None:
@@ -117,17 +195,17 @@ def intake_file(job_id: str, file_id: str) -> None:
     store = _store(settings.redis_url, settings.job_ttl)
     if store.status(job_id).is_final:  # delivered again after its job ended
         return
-    path = FileStore(store.redis, settings.files_dir, settings.job_ttl).path(file_id)
-    if not path.is_file():  # nothing to read, now or on a retry: the batch fails, saying why
+    files = open_files(store.redis, settings)
+    if not files.exists(file_id):  # nothing to read, now or on a retry: the batch fails, saying why
         message = (
-            f"input file {file_id} is not in {path.parent} on this worker: CASCADE_FILES_DIR must be shared by "
+            f"input file {file_id} is not in {files.root} on this worker: CASCADE_FILES_DIR must be shared by "
             "the API and the specialist workers"
         )
         lifecycle.fail_job(store, job_id, message)
         return
-    enqueue = partial(send_specialist_chunk, app)
+    enqueue = FairEnqueue(_fair_queue(settings), store, partial(send_specialist_chunk, app))
     try:
-        submit_file(store, enqueue, settings, path, store.spec(job_id), job_id, sweep=_sweep)
+        submit_file(store, enqueue, settings, partial(files.open, file_id), store.spec(job_id), job_id, sweep=_sweep)
     except _TRANSIENT:
         raise
     except (OSError, CascadeError) as e:  # a file that cannot be read: the batch fails saying why, not stuck
@@ -147,6 +225,15 @@ def sweep(job_id: str) -> None:
 @app.task(name=TaskName.SPECIALIST.value)  # type: ignore[untyped-decorator]
 @_until_redis_answers
 def specialist_chunk(job_id: str, index: int, sent_at: float | None = None) -> int:
+    """One chunk through the specialist; then, its place in the queue freed, more chunks are dispatched from the
+    fair queue, whatever became of this one."""
+    try:
+        return _guarded_specialist_chunk(job_id, index, sent_at)
+    finally:
+        _fair_queue(_settings()).dispatch(partial(send_specialist_chunk, app))
+
+
+def _guarded_specialist_chunk(job_id: str, index: int, sent_at: float | None) -> int:
     instrument.queue_waited("specialist", sent_at, time.time())
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
@@ -173,7 +260,7 @@ def _specialist_chunk(store: RedisJobStore, job_id: str, index: int) -> int:
     except ModelError as e:  # every item of the chunk still ends in exactly one place: the error file
         lifecycle.fail_chunk(store, job_id, index, ErrorCode.MODEL_ERROR, str(e))
         return 0
-    escalations = run_specialist_chunk(store, model, job_id, index)
+    escalations = run_specialist_chunk(store, model, job_id, index, _memory(model, spec))
     if escalations:
         send_llm_chunk(app, job_id, escalations, index)
     return len(escalations)
@@ -181,9 +268,7 @@ def _specialist_chunk(store: RedisJobStore, job_id: str, index: int) -> int:
 
 @app.task(name=TaskName.LLM.value)  # type: ignore[untyped-decorator]
 @_until_redis_answers
-def llm_chunk(
-    job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None, chunk: int | None = None
-) -> None:
+def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | None = None, *, chunk: int) -> None:
     """``escalations``: ``Escalation`` records as JSON (the message body); validated back into records here.
     ``chunk``: the specialist chunk they come from."""
     instrument.queue_waited("llm", sent_at, time.time())
@@ -194,12 +279,15 @@ def llm_chunk(
     delivered = _over_delivered(store, job_id, f"llm:{chunk}", settings.max_deliveries)
     if delivered is not None:
         message = f"its LLM chunk was started {delivered} times without finishing (CASCADE_MAX_DELIVERIES)"
-        fail_escalations(store, job_id, items, LLMError(message, kind=ErrorCode.DELIVERY_LIMIT.value))
+        fail_escalations(store, job_id, chunk, items, LLMError(message, kind=ErrorCode.DELIVERY_LIMIT.value))
         return
 
     async def run() -> None:
         async with LLMClient(settings.llm_config()) as client:
-            await run_llm_chunk(store, client, job_id, items)
+            answered = await run_llm_chunk(
+                store, client, job_id, chunk, items, cache=_answers(settings), claiming=_claiming(job_id, chunk)
+            )
+            _remember(store, job_id, client.model, answered)
 
     try:
         asyncio.run(run())
@@ -208,4 +296,4 @@ def llm_chunk(
     except Exception as e:  # the last resort: each unanswered item gets its LLM error, saying why
         log.exception("LLM chunk %s of %s failed", chunk, job_id)
         code, message = _failure(e)
-        fail_escalations(store, job_id, items, LLMError(message, kind=code.value))
+        fail_escalations(store, job_id, chunk, items, LLMError(message, kind=code.value))

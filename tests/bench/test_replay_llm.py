@@ -28,6 +28,7 @@ ANSWERS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "data
 MODEL = "gpt-4-recorded-test"
 LATENCY_MS = 300  # the GPT-3.5 server's simulated delay, to show that requests overlap
 
+
 def cascade_messages(text: str, candidates: list[str]) -> list[dict[str, str]]:
     return build_messages(text, candidates)
 

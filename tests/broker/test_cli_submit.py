@@ -2,19 +2,25 @@
 intake still knows its job; an intake that raises in the client fails the job instead of leaving an orphan."""
 
 import json
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
-from cascade.broker import cli, keys
+from cascade.broker import keys
 from cascade.broker import submit as submit_module
+from cascade.broker.cli import cli, jobs
+from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers.errors import InputError
 from cascade.workers.jobs import JobSpec, JobStatus
 from cascade.workers.lifecycle import sweep_job
-from tests.conftest import write_jsonl
+from tests.conftest import CASCADE, WorkerFactory, _env, write_jsonl
 
 SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_model="x")
 
@@ -23,14 +29,14 @@ SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_mod
 def wired(store: RedisJobStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The CLI on the tests' Redis database, with no Celery and no model folder; returns the chunks enqueued."""
     sent: list[int] = []
-    monkeypatch.setattr(cli, "_store", lambda _settings: store)
-    monkeypatch.setattr(cli, "_enqueue", lambda _settings: lambda _job, index: sent.append(index))
+    monkeypatch.setattr(jobs, "job_store", lambda _settings: store)
+    monkeypatch.setattr(jobs, "enqueue_for", lambda _settings: lambda _job, index: sent.append(index))
     monkeypatch.setattr(submit_module, "build_spec", lambda *_a, **_k: SPEC)
     return sent
 
 
 def run_submit(path: Path, wait: bool = False, as_json: bool = False) -> None:
-    cli.submit(
+    jobs.submit(
         input_file=path,
         model=Path("unused"),
         threshold=0.5,
@@ -114,16 +120,56 @@ def test_an_intake_that_dies_in_the_client_fails_its_job(
     assert "the input lines after line 0 were not read" in view.error
 
 
-@pytest.mark.parametrize("as_json", [False, True])
 def test_wait_prints_the_id_then_the_summary(
-    store: RedisJobStore, wired: list[int], capsys: pytest.CaptureFixture[str], tmp_path: Path, as_json: bool
+    store: RedisJobStore, wired: list[int], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", ["{broken"])  # no valid line: the job fails at once
     with pytest.raises(typer.Exit):  # a job that does not complete exits 1
-        run_submit(path, wait=True, as_json=as_json)
+        run_submit(path, wait=True)
     job, *summary = capsys.readouterr().out.splitlines()
     assert store.status(job) is JobStatus.FAILED
-    if as_json:
-        assert json.loads("\n".join(summary))["status"] == "failed"
-    else:
-        assert any("failed" in line for line in summary)
+    assert any("failed" in line for line in summary)
+
+
+def test_wait_with_json_prints_the_id_on_stderr_and_only_the_summary_on_stdout(
+    store: RedisJobStore, wired: list[int], tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", ["{broken"])
+    done = CliRunner().invoke(cli, ["submit", str(path), "--model", "unused", "--wait", "--json"])
+    assert done.exit_code == 1, done.output  # a job that does not complete exits 1, after its summary
+    job = done.stderr.splitlines()[0]
+    assert store.status(job) is JobStatus.FAILED
+    summary = json.loads(done.stdout)
+    assert (summary["job_id"], summary["status"]) == (job, "failed")
+
+
+def test_wait_warns_once_when_no_worker_consumes_the_queues_then_keeps_waiting(
+    settings: Settings, store: RedisJobStore, sms_model: Path, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"m{i}", "text": f"free entry {i}"} for i in range(5)])
+    args = [CASCADE, "submit", str(path), "--model", str(sms_model), "--threshold", "0", "--wait"]
+    stderr: list[str] = []
+    with subprocess.Popen(args, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or []), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not any(line.startswith("warning:") for line in stderr):
+                assert proc.poll() is None, stderr
+                assert time.monotonic() < deadline, f"no warning: {stderr}"
+                time.sleep(0.2)
+            time.sleep(2)
+            assert proc.poll() is None  # still waiting after the warning
+            start_worker("specialist")
+            assert proc.wait(timeout=300) == 0, stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(timeout=30)
+        job = (proc.stdout.read() if proc.stdout else "").splitlines()[0]
+    warnings = [line.rstrip("\n") for line in stderr if "warning" in line]
+    assert warnings == [
+        "warning: no worker consumes the specialist and llm queues (none answered within 1 s): the job waits until "
+        "one starts (`cascade worker --queues specialist,llm`)"
+    ]
+    assert store.status(job) is JobStatus.COMPLETED

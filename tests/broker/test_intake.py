@@ -6,7 +6,7 @@ import pytest
 
 from cascade.broker import intake as intake_module
 from cascade.broker.intake import MAX_CUSTOM_ID_CHARS, MAX_LINE_BYTES, Intake
-from cascade.workers.items import ErrorCode, Item, ItemError
+from cascade.workers.items import ErrorCode, Item, ItemError, Message, Role
 
 
 def parse(intake: Intake, n: int, line: str | bytes) -> Item | ItemError:
@@ -258,3 +258,76 @@ def test_parse_is_total_over_random_lines() -> None:
         parsed = intake.parse(n + 1, raw)
         assert isinstance(parsed, Item | ItemError)
         parsed.model_dump_json()
+
+
+def test_a_line_with_both_text_and_body_is_refused_not_guessed() -> None:
+    line = json.dumps({"custom_id": "a", "text": "one text", **json.loads(openai_line("a", "another"))})
+    error = parse(Intake(100), 4, line)
+    assert isinstance(error, ItemError)
+    assert error.code is ErrorCode.INVALID_FIELD
+    assert error.message == "line 4: fields 'text' and 'body' are both given: give the text in one of them"
+
+
+def conversation(*messages: dict[str, object], model: object = None, cid: str = "c") -> str:
+    body: dict[str, object] = {"messages": list(messages), "max_tokens": 1000}
+    if model is not None:
+        body["model"] = model
+    return json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+def test_the_lines_other_messages_are_carried_in_order_as_its_context() -> None:
+    line = conversation(
+        {"role": "developer", "content": "Be terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]},
+        {"role": "system", "content": "Classify spam."},
+        {"role": "user", "content": "WIN a prize now"},
+    )
+    item = parse(Intake(100), 1, line)
+    assert isinstance(item, Item)
+    assert item.text == "WIN a prize now"
+    assert item.context == [
+        Message(role=Role.SYSTEM, content="Be terse."),  # OpenAI's developer role is a system message
+        Message(role=Role.USER, content="Hi"),
+        Message(role=Role.ASSISTANT, content="Hello\nthere"),
+        Message(role=Role.SYSTEM, content="Classify spam."),
+    ]
+    alone = parse(Intake(100), 2, conversation({"role": "user", "content": "just me"}))
+    assert isinstance(alone, Item)
+    assert alone.context is None  # nothing more to store
+    assert "context" not in alone.model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "code"),
+    [
+        ({"role": "tool", "content": "42", "tool_call_id": "x"}, "body.messages[0].role", ErrorCode.INVALID_FIELD),
+        ({"content": "no role"}, "body.messages[0].role", ErrorCode.INVALID_FIELD),
+        ({"role": "assistant", "content": None, "tool_calls": []}, "body.messages[0].content", ErrorCode.INVALID_FIELD),
+        ({"role": "system", "content": [{"type": "image_url"}]}, "body.messages[0].content", ErrorCode.INVALID_FIELD),
+        ({"role": "system", "content": "x" * 101}, "body.messages", ErrorCode.TEXT_TOO_LONG),
+    ],
+)
+def test_other_messages_cascade_cannot_carry_refuse_the_line(
+    message: dict[str, object], field: str, code: ErrorCode
+) -> None:
+    error = parse(Intake(100), 4, conversation(message, {"role": "user", "content": "text"}))
+    assert isinstance(error, ItemError)
+    assert (error.code, error.custom_id) == (code, "c")
+    assert f"'{field}" in error.message
+
+
+def test_body_model_must_be_absent_the_configured_llm_or_an_alias() -> None:
+    intake = Intake(100, models={"SmolLM2-135M-Instruct", "gpt-3.5-turbo-0125"})
+    user = {"role": "user", "content": "Hello world!"}
+    for model in (None, "SmolLM2-135M-Instruct", "gpt-3.5-turbo-0125"):
+        assert isinstance(parse(intake, 1, conversation(user, model=model)), Item), model
+    for model in ("gpt-4o", 7):
+        error = parse(intake, 2, conversation(user, model=model))
+        assert isinstance(error, ItemError)
+        assert error.code is ErrorCode.INVALID_FIELD
+        assert "'body.model'" in error.message
+        assert "CASCADE_LLM_MODEL_ALIASES" in error.message
+        assert "SmolLM2-135M-Instruct" in error.message
+    assert "'gpt-4o'" in str(parse(intake, 3, conversation(user, model="gpt-4o")))
+    assert isinstance(parse(Intake(100), 4, conversation(user, model="anything")), Item)  # no models: not checked

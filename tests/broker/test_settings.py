@@ -1,12 +1,13 @@
 """``CASCADE_API_TOKENS``: every mistake stops the API with one line naming the variable and the entry, never the
 secret; the owner "" of CLI-submitted jobs can never be a caller."""
 
+import hashlib
 import subprocess
 
 import pytest
 from pydantic import SecretStr
 
-from cascade.broker.settings import Settings
+from cascade.broker.settings import Settings, token_digest
 from cascade.workers.errors import SettingsError
 from tests.conftest import CASCADE, _env, free_port
 
@@ -64,3 +65,12 @@ def test_a_bad_setting_is_one_line_naming_its_variable(settings: Settings, varia
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith(f"error: {variable}: ")
+
+
+def test_a_token_may_be_given_hashed_and_a_bad_hash_names_its_entry() -> None:
+    digest = hashlib.sha256(b"s3cret").hexdigest()
+    assert token_digest(owners(f"sha256:{digest}=team-a").popitem()[0]) == hashlib.sha256(b"s3cret").digest()
+    with pytest.raises(SettingsError, match="entry 1 has a sha256: token that is not 64 hex digits"):
+        owners("sha256:abc=team-a")
+    with pytest.raises(SettingsError, match=r"entry 2 repeats the token of entry 1 \(hashed\)"):
+        owners(f"s3cret=team-a,sha256:{digest}=team-b")

@@ -2,16 +2,23 @@
 and files of hostile lines."""
 
 import json
+import shutil
 import time
 from pathlib import Path
+
+import pytest
 
 from cascade.broker.intake import Intake
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
-from cascade.broker.submit import parse_file, submit_file
+from cascade.broker.submit import PROMPT_FILE, build_spec, parse_file, submit_file
+from cascade.workers.errors import InputError
 from cascade.workers.items import ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
 from cascade.workers.lifecycle import cancel, sweep_job
+from cascade.workers.manifest import read_manifest
+from cascade.workers.prompts import PROMPT_VERSION, LabelPrompt, Prompt
+from tests.broker.test_learn import write_policy
 from tests.conftest import write_jsonl
 
 SPEC = JobSpec(model_path="m", model_sha256="s", threshold=0.5, top_k=3, llm_model="x")
@@ -90,7 +97,7 @@ def test_a_job_cancelled_while_its_input_is_read_is_swept_when_it_is_stored(
         (5, "batch_cancelled"),
         (6, "invalid_json"),
     ]
-    assert json.loads(store.redis.hget(f"cascade:job:{job}:errors", "c0") or "{}")["message"].startswith("line 1: ")
+    assert next(e for e in store.iter_errors(job) if e.custom_id == "c0").message.startswith("line 1: ")
 
 
 # --- hostile input: every line ends once in the stored chunks or the errors, and the job starts -------------
@@ -127,6 +134,7 @@ def test_nul_characters_round_trip_through_the_redis_store(store: RedisJobStore)
     assert store.claim_ids(job, [item]) == [True]
     store.put_chunk(job, 0, [item])
     assert store.chunk(job, 0) == [item]
+    store.finish_intake(job, total=1, chunks=1)
     result = ItemResult(
         custom_id=item.custom_id,
         line=1,
@@ -139,7 +147,7 @@ def test_nul_characters_round_trip_through_the_redis_store(store: RedisJobStore)
         gold=item.label,
         correct=True,
     )
-    assert store.record(job, results=[result]).results == [result]
+    assert store.record(job, 0, results=[result]).results == [result]
     assert list(store.iter_results(job)) == [result]
 
 
@@ -200,3 +208,58 @@ def test_a_file_of_hostile_lines_runs_its_good_lines_and_refuses_each_bad_one_on
     assert sent == list(range(store.chunk_count(job)))
     view = store.get(job)
     assert (view.status, view.counts.total, view.counts.failed) == (JobStatus.IN_PROGRESS, n_lines, len(codes))
+
+
+def test_the_model_folders_prompt_is_the_jobs_unless_another_is_given(
+    settings: Settings, sms_model: Path, tmp_path: Path
+) -> None:
+    model = Path(shutil.copytree(sms_model, tmp_path / "model"))
+    assert build_spec(settings, model).prompt is None
+    assert build_spec(settings, model).prompt_version == PROMPT_VERSION
+    folder_prompt = Prompt(labels={"spam": LabelPrompt(description="unsolicited advertising")})
+    (model / PROMPT_FILE).write_text(folder_prompt.model_dump_json())
+    spec = build_spec(settings, model)
+    assert spec.prompt == folder_prompt
+    assert JobSpec.model_validate_json(spec.model_dump_json()).prompt_version == folder_prompt.version != PROMPT_VERSION
+    given = tmp_path / "mine.json"
+    given.write_text(json.dumps({"instructions": "SMS messages."}))
+    assert build_spec(settings, model, prompt_file=given).prompt == Prompt(instructions="SMS messages.")
+
+
+def test_a_prompt_of_labels_the_model_does_not_know_or_another_prompts_policy_is_refused(
+    settings: Settings, sms_model: Path, tmp_path: Path
+) -> None:
+    strange = tmp_path / "strange.json"
+    strange.write_text(json.dumps({"labels": {"spam": {}, "card_arrival": {}, "refund": {}}}))
+    with pytest.raises(InputError, match=r"'card_arrival', 'refund'") as raised:
+        build_spec(settings, sms_model, prompt_file=strange)
+    assert str(strange) in str(raised.value)
+    assert "'spam'" not in str(raised.value)
+    policy = write_policy(tmp_path / "policy.json", read_manifest(sms_model).identity, settings)  # default prompt
+    assert build_spec(settings, sms_model, policy_file=policy).policy is not None
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"instructions": "SMS messages."}))
+    with pytest.raises(InputError, match="prompt version"):
+        build_spec(settings, sms_model, policy_file=policy, prompt_file=other)
+
+
+def test_lines_naming_another_model_than_the_llm_or_its_aliases_are_refused(
+    settings: Settings, store: RedisJobStore, tmp_path: Path
+) -> None:
+    assert settings.llm_models() == {settings.llm_model}
+    aliased = settings.model_copy(update={"llm_model_aliases": " gpt-3.5-turbo-0125 , ,gpt-4o-mini"})
+    assert aliased.llm_models("served") == {"served", "gpt-3.5-turbo-0125", "gpt-4o-mini"}
+    user = [{"role": "user", "content": "Hello world!"}]
+    rows: list[dict[str, object] | str] = [
+        {"custom_id": f"r{i}", "url": "/v1/chat/completions", "body": {"model": m, "messages": user}}
+        for i, m in enumerate(["x", "gpt-3.5-turbo-0125", "gpt-4o", "SmolLM2-135M-Instruct"])
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    job = submit_file(store, lambda job_id, index: None, aliased, path, SPEC)  # SPEC's LLM is "x"
+    assert [i.custom_id for i in store.chunk(job, 0)] == ["r0", "r1"]
+    refused = list(store.iter_errors(job))
+    assert [(e.custom_id, e.code) for e in refused] == [
+        ("r2", ErrorCode.INVALID_FIELD),
+        ("r3", ErrorCode.INVALID_FIELD),
+    ]
+    assert all("'body.model'" in e.message and "CASCADE_LLM_MODEL_ALIASES" in e.message for e in refused)

@@ -24,6 +24,15 @@ OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kusto
 PREFIX = str(Settings.model_config.get("env_prefix", ""))
 
 Obj = dict[str, Any]
+CUSTOM_KINDS = {
+    "ScaledObject": "keda.sh/v1alpha1",
+    "TriggerAuthentication": "keda.sh/v1alpha1",
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+}
+"""Custom resources (KEDA, Prometheus Operator): validated against their CRDs' schemas (test_crd_schemas.py);
+every other object against Kubernetes' own (test_manifests.py)."""
 
 
 def tool(name: str) -> str:
@@ -102,6 +111,16 @@ class Rendered:
         assert len(found) == 1, f"{self.overlay}: expected one ScaledObject for {deployment}"
         return found[0]
 
+    def env_names(self, workload: Obj) -> set[str]:
+        """The variables a workload's containers (init containers too) get: `env`, and `envFrom` ConfigMaps."""
+        names: set[str] = set()
+        for c in containers(workload, init=True):
+            names |= {e["name"] for e in c.get("env", [])}
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:  # kustomize has given the reference the generated name
+                    names |= set(self.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        return names
+
 
 def pod(workload: Obj) -> Obj:
     spec: Obj = workload["spec"]["template"]["spec"]
@@ -128,3 +147,20 @@ def named_port(workload: Obj, name: str) -> int:
     ports = {p["name"]: p["containerPort"] for c in containers(workload) for p in c.get("ports", [])}
     assert name in ports, f"{workload['metadata']['name']} has no port named {name}"
     return int(ports[name])
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions, as Kubernetes reads them) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True

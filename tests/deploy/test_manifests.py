@@ -1,5 +1,6 @@
-"""Every overlay renders, every object is valid against Kubernetes' own schemas (strict, offline), and the KEDA
-and Prometheus Operator objects, which those schemas do not cover, have what their operators require."""
+"""Every overlay renders, every object but the custom resources is valid against Kubernetes' own schemas (strict,
+offline; the KEDA and Prometheus Operator objects are validated against their CRDs' schemas in
+test_crd_schemas.py), the custom resources refer to what exists, and the NetworkPolicy lets in Redis's clients."""
 
 import copy
 import re
@@ -8,17 +9,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.manifests import OVERLAYS, Rendered, pod, render
+from tests.deploy.manifests import CUSTOM_KINDS, OVERLAYS, Obj, Rendered, containers, pod, render, selects
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 """The oldest version deploy/README.md supports, and the newest the validator knows here."""
-CUSTOM_KINDS = {
-    "ScaledObject": "keda.sh/v1alpha1",
-    "ServiceMonitor": "monitoring.coreos.com/v1",
-    "PodMonitor": "monitoring.coreos.com/v1",
-    "PrometheusRule": "monitoring.coreos.com/v1",
-}
-"""Custom resources (KEDA, Prometheus Operator): checked by hand below."""
 NUMBER = re.compile(r"^\d+(\.\d+)?$")
 
 
@@ -33,9 +27,9 @@ def test_both_overlays_are_rendered() -> None:
 
 def test_every_object_is_valid_for_kubernetes(rendered: Rendered) -> None:
     kinds = {o["kind"] for o in rendered.objects}
-    assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     for obj in rendered.objects:
-        if obj["kind"] in CUSTOM_KINDS:
+        if obj["kind"] in CUSTOM_KINDS:  # test_crd_schemas.py; any other kind without a schema here fails below
             assert obj["apiVersion"] == CUSTOM_KINDS[obj["kind"]]
             continue
         try:
@@ -104,3 +98,73 @@ def test_pod_monitor_selects_both_workers_by_a_port_they_have(rendered: Rendered
         for workload in selected:
             ports = {p["name"] for c in pod(workload)["containers"] for p in c.get("ports", [])}
             assert endpoint["port"] in ports
+
+
+REDIS_URL = "CASCADE_REDIS_URL"
+KEDA_NAMESPACE = "keda"
+"""Where KEDA's operator runs: the default of its Helm chart, a setting of deploy/base/networkpolicy.yaml."""
+
+
+def _redis_policy(rendered: Rendered) -> tuple[Obj, Obj]:
+    """The NetworkPolicy that selects the Redis pod, and that pod's StatefulSet."""
+    redis = rendered.get("StatefulSet", "redis")
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [p for p in rendered.of_kind("NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+    return policy, redis
+
+
+def _admitted(policy: Obj, namespace: str, labels: dict[str, str]) -> bool:
+    """Whether the policy admits a pod with these labels in this namespace by a rule's podSelector (the
+    namespaceSelector of KEDA's rule is checked on its own: it must not select the policy's namespace)."""
+    rules = policy["spec"].get("ingress", [])
+    if any(not rule.get("from") for rule in rules):
+        return True  # a rule without sources admits every pod
+    if namespace != policy["metadata"]["namespace"]:
+        return False  # a podSelector alone selects pods in the policy's own namespace
+    peers = [peer for rule in rules for peer in rule["from"] if set(peer) == {"podSelector"}]
+    return any(selects(peer["podSelector"], labels) for peer in peers)
+
+
+def test_network_policy_lets_only_redis_clients_reach_redis(rendered: Rendered) -> None:
+    policy, _ = _redis_policy(rendered)
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "it restricts ingress (egress stays open)"
+    # Every pod that reads CASCADE_REDIS_URL is admitted; no other pod of the namespace is.
+    clients: set[str] = set()
+    for workload in rendered.workloads():
+        name = workload["metadata"]["name"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        admitted = _admitted(policy, rendered.namespace, labels)
+        if REDIS_URL in rendered.env_names(workload):
+            clients.add(name)
+            assert admitted, f"{rendered.overlay}: {name} reads {REDIS_URL} but may not reach Redis"
+        else:
+            assert not admitted, f"{rendered.overlay}: {name} does not use Redis but may reach it"
+    optional = {"cascade-flower"} & {w["metadata"]["name"] for w in rendered.workloads()}  # deploy/components/flower
+    assert clients == {"cascade-api", "cascade-specialist-worker", "cascade-llm-worker"} | optional
+
+
+def test_network_policy_admits_keda_on_the_redis_port(rendered: Rendered) -> None:
+    policy, redis = _redis_policy(rendered)
+    (rule,) = policy["spec"]["ingress"]
+    namespaces = [p["namespaceSelector"] for p in rule["from"] if "namespaceSelector" in p]
+    # KEDA's operator runs the `redis` triggers (autoscaling.yaml), from its own namespace.
+    assert any(t["type"] == "redis" for s in rendered.of_kind("ScaledObject") for t in s["spec"]["triggers"])
+    assert any(selects(s, {"kubernetes.io/metadata.name": KEDA_NAMESPACE}) for s in namespaces)
+    assert not any(selects(s, {"kubernetes.io/metadata.name": rendered.namespace}) for s in namespaces)
+    # Only the Redis port, by a name or number of the Redis container, the one its Service sends to.
+    ports = {p["name"]: p["containerPort"] for c in containers(redis) for p in c.get("ports", [])}
+    (service,) = [s for s in rendered.of_kind("Service") if s["metadata"]["name"] == redis["spec"]["serviceName"]]
+    (target,) = [p["targetPort"] for p in service["spec"]["ports"]]
+    assert rule["ports"], "a rule without ports admits every port"
+    for port in rule["ports"]:
+        assert port.get("protocol", "TCP") == "TCP"
+        assert port["port"] in ports or port["port"] in ports.values(), f"{port['port']} is not a port of Redis"
+        assert ports.get(port["port"], port["port"]) == ports.get(target, target)
+
+
+def test_network_policy_check_can_fail(rendered: Rendered) -> None:
+    """A pod outside the rule's selector is refused: the checks above can fail."""
+    policy, _ = _redis_policy(rendered)
+    assert _admitted(policy, rendered.namespace, {"app.kubernetes.io/name": "cascade-api"})
+    assert not _admitted(policy, rendered.namespace, {"app.kubernetes.io/name": "vllm"})
+    assert not _admitted(policy, "default", {"app.kubernetes.io/name": "cascade-api"})

@@ -1,10 +1,15 @@
-"""Multiprocess metrics: dead pool processes' files are compacted without losing counts."""
+"""Multiprocess metrics: dead pool processes' files are compacted without losing counts; a scrape of the jobs
+collector costs the same however many jobs ended."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+import redis
+import redis.client
 from kombu.message import Message
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -12,6 +17,8 @@ from cascade.broker.celery_app import CascadeCelery, QueueName, configure, send_
 from cascade.broker.collector import CompactingCollector, JobsCollector, compact_dead
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
+from cascade.workers.jobs import JobStatus
+from tests.workers.store_contract import SPEC
 
 CHILD = """
 from prometheus_client import Counter, Histogram
@@ -65,3 +72,49 @@ def test_reserved_tasks_are_counted_by_queue(settings: Settings, store: RedisJob
             assert store.redis.llen(QueueName.LLM.value) == 0
             delivered[0].ack()
             assert collector.reserved() == {}
+
+
+def _commands_of_a_scrape(collector: JobsCollector, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """The Redis commands one scrape issues (pipelined ones each counted), and its text."""
+    count = 0
+    execute_command, execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def counted(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return execute_command(self, *args, **kwargs)
+
+    def counted_pipeline(self: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += len(self.command_stack)
+        return execute(self, *args, **kwargs)
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    with monkeypatch.context() as patched:
+        patched.setattr(redis.Redis, "execute_command", counted)
+        patched.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+        text = generate_latest(registry).decode()
+    return count, text
+
+
+def test_a_scrape_reads_counts_not_jobs(store: RedisJobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs by status come from the status index: a scrape issues as many Redis commands with 400 ended jobs in the
+    store as with 100, and counts them right."""
+
+    def ended_jobs(n: int) -> None:
+        for _ in range(n):
+            store.end(store.create(SPEC), JobStatus.COMPLETED)
+
+    store.create(SPEC)
+    ended_jobs(100)
+    collector = JobsCollector(store)
+    _commands_of_a_scrape(collector, monkeypatch)  # the first loads the scripts
+    few, text = _commands_of_a_scrape(collector, monkeypatch)
+    assert 'cascade_jobs{status="completed"} 100.0' in text
+    assert 'cascade_jobs{status="validating"} 1.0' in text
+    ended_jobs(300)
+    many, text = _commands_of_a_scrape(collector, monkeypatch)
+    assert 'cascade_jobs{status="completed"} 400.0' in text
+    assert many == few
+    assert few <= len(JobStatus) + len(QueueName) + 2

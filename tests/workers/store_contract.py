@@ -7,7 +7,7 @@ Subclassed with a ``store`` fixture by ``tests/workers/test_memory_store.py`` (i
 import pytest
 
 from cascade.workers.errors import NotFoundError
-from cascade.workers.items import ErrorCode, Item, ItemError, ItemResult, Route, Tier
+from cascade.workers.items import AnswerSource, ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
 from cascade.workers.storage import IntakeOutcome, JobStore
 
@@ -74,23 +74,23 @@ class StoreContract:
         with pytest.raises(NotFoundError):
             store.request_end("batch_missing", JobStatus.CANCELLED)
 
-    def test_chunks_round_trip_and_are_dropped_when_the_job_ends(self, store: JobStore) -> None:
+    def test_chunks_round_trip_and_outlive_the_job_for_cascade_learn(self, store: JobStore) -> None:
         job = running_job(store, 3)
         assert store.chunk(job, 0) == items(3)
         assert store.chunk(job, 7) == []
         assert store.chunk_count(job) == 1
         store.end(job, JobStatus.FAILED, error="why")
-        assert store.chunk(job, 0) == []
+        assert store.chunk(job, 0) == items(3)  # the texts of its items, until the job's keys expire
         assert store.get(job).error == "why"
 
     def test_records_are_written_once_and_counted_once(self, store: JobStore) -> None:
         job = running_job(store, 3)
-        first = store.record(job, results=[result("c0", 1), result("c1", 2, label="b")])
+        first = store.record(job, 0, results=[result("c0", 1), result("c1", 2, label="b")])
         assert [r.custom_id for r in first.results] == ["c0", "c1"]
         # the same chunk again, and a late different answer for c0: nothing changes
-        again = store.record(job, results=[result("c0", 1, label="z"), result("c1", 2, label="b"), result("c2", 3)])
+        again = store.record(job, 0, results=[result("c0", 1, label="z"), result("c1", 2, label="b"), result("c2", 3)])
         assert [r.custom_id for r in again.results] == ["c2"]
-        assert store.record(job, errors=[error("c0", 1)]).errors == []
+        assert store.record(job, 0, errors=[error("c0", 1)]).errors == []
         view = store.get(job)
         assert (view.counts.completed, view.counts.failed, view.status) == (3, 0, JobStatus.COMPLETED)
         assert again.finished
@@ -101,9 +101,9 @@ class StoreContract:
 
     def test_an_item_is_never_in_both_results_and_errors(self, store: JobStore) -> None:
         job = running_job(store, 2)
-        assert [e.custom_id for e in store.record(job, errors=[error("c0", 1)]).errors] == ["c0"]
-        assert store.record(job, results=[result("c0", 1)]).results == []
-        assert store.unrecorded(job, ["c0", "c1"]) == ["c1"]
+        assert [e.custom_id for e in store.record(job, 0, errors=[error("c0", 1)]).errors] == ["c0"]
+        assert store.record(job, 0, results=[result("c0", 1)]).results == []
+        assert store.unrecorded(job, 0, ["c0", "c1"]) == ["c1"]
         assert [e.custom_id for e in store.iter_errors(job)] == ["c0"]
         assert list(store.iter_results(job)) == []
 
@@ -112,6 +112,7 @@ class StoreContract:
         failed = result("c2", 3, route=Route.ESCALATE).model_copy(update={"llm_error": "down"})
         store.record(
             job,
+            0,
             results=[
                 result("c0", 1, tier=Tier.LLM, route=Route.ESCALATE, tokens=30),
                 result("c1", 2, route=Route.EXPLORE, tokens=20),
@@ -125,21 +126,37 @@ class StoreContract:
         assert (stats.tiers["llm"].answered, stats.tiers["specialist"].answered) == (1, 3)
         assert stats.tiers["specialist"].labelled == 2
 
+    def test_stats_count_answers_from_the_answer_cache_as_no_request(self, store: JobStore) -> None:
+        job = running_job(store, 3)
+        bought = result("c0", 1, tier=Tier.LLM, route=Route.ESCALATE, tokens=30)
+        cached = result("c1", 2, tier=Tier.LLM, route=Route.ESCALATE).model_copy(
+            update={"llm_label": "a", "llm_source": AnswerSource.CACHE}
+        )
+        store.record(job, 0, results=[bought.model_copy(update={"llm_source": AnswerSource.LLM}), cached])
+        store.record(job, 0, results=[cached])  # recorded again: counted once
+        stats = store.stats(job)
+        assert (stats.llm_requests, stats.llm_tokens, stats.llm_cache_hits) == (1, 30, 1)
+
     def test_job_completes_when_every_line_has_a_record(self, store: JobStore) -> None:
         job = store.create(SPEC)
         store.put_chunk(job, 0, items(2))
         store.put_invalid(job, [error(None, 3, ErrorCode.INVALID_JSON)])
         assert store.finish_intake(job, total=3, chunks=1) is IntakeOutcome.STARTED
-        store.record(job, results=[result("c0", 1)])
+        store.record(job, 0, results=[result("c0", 1)])
         assert store.get(job).status is JobStatus.IN_PROGRESS
-        assert store.record(job, errors=[error("c1", 2)]).finished
+        assert store.record(job, 0, errors=[error("c1", 2)]).finished
         view = store.get(job)
         assert view.status is JobStatus.COMPLETED
         assert view.finished_at is not None
         assert (view.counts.total, view.counts.completed, view.counts.failed) == (3, 1, 2)
         assert sorted(e.line for e in store.iter_errors(job)) == [2, 3]
         assert store.invalid_count(job) == 1
-        assert store.chunk(job, 0) == []  # chunks are dropped once the job has ended
+
+    def test_the_texts_of_llm_answers_outlive_the_job_for_cascade_learn(self, store: JobStore) -> None:
+        job = running_job(store, 2)
+        answered = result("c0", 1, tier=Tier.LLM, route=Route.ESCALATE).model_copy(update={"llm_label": "a"})
+        assert store.record(job, 0, results=[answered, result("c1", 2)]).finished
+        assert store.texts(job, ["c0", "c1", "c9"]) == {"c0": "t"}  # only LLM-answered items of the job
 
     def test_intake_of_no_valid_line_is_empty(self, store: JobStore) -> None:
         job = store.create(SPEC)
@@ -148,10 +165,10 @@ class StoreContract:
 
     def test_end_is_final_and_keeps_finished_records(self, store: JobStore) -> None:
         job = running_job(store, 2)
-        store.record(job, results=[result("c0", 1)])
+        store.record(job, 0, results=[result("c0", 1)])
         assert store.end(job, JobStatus.CANCELLED)
         assert not store.end(job, JobStatus.FAILED)
-        store.record(job, results=[result("c1", 2)])  # a chunk in flight at cancellation still lands
+        store.record(job, 0, results=[result("c1", 2)])  # a chunk in flight at cancellation still lands
         assert store.status(job) is JobStatus.CANCELLED
         assert sorted(r.custom_id for r in store.iter_results(job)) == ["c0", "c1"]
 
@@ -179,6 +196,16 @@ class StoreContract:
         assert store.claim_ids(job, batch) == [True, True, False]  # read again after a crash
         assert store.claim_ids(job, []) == []
 
+    def test_claims_hold_through_the_intake_and_end_with_it(self, store: JobStore) -> None:
+        job = store.create(SPEC)
+        again = Item(custom_id="c0", text="t", line=3)
+        assert store.claim_ids(job, items(2)) == [True, True]
+        assert store.claim_ids(job, [again]) == [False]  # a later call of the same intake still sees line 1's claim
+        store.put_chunk(job, 0, items(2))
+        assert store.finish_intake(job, total=3, chunks=1) is IntakeOutcome.STARTED
+        # the claims were dropped; a reading delivered again starts from line 1 and gets the same answers
+        assert store.claim_ids(job, [*items(2), again]) == [True, True, False]
+
     def test_intake_progress_is_remembered(self, store: JobStore) -> None:
         job = store.create(SPEC)
         assert store.chunks_sent(job) == 0
@@ -192,11 +219,11 @@ class StoreContract:
     def test_new_records_are_progress(self, store: JobStore) -> None:
         job = running_job(store, 2)
         before = store.get(job).progress_at
-        store.record(job, results=[result("c0", 1)])
+        store.record(job, 0, results=[result("c0", 1)])
         after = store.get(job).progress_at
         assert after is not None
         assert before is None or after >= before
-        store.record(job, results=[result("c0", 1)])  # nothing new: no progress
+        store.record(job, 0, results=[result("c0", 1)])  # nothing new: no progress
         assert store.get(job).progress_at == after
 
     def test_a_failed_end_keeps_its_reason(self, store: JobStore) -> None:
@@ -226,8 +253,8 @@ class StoreContract:
 
     def test_mark_sent_returns_only_ids_not_marked_before(self, store: JobStore) -> None:
         job = running_job(store, 3)
-        assert store.mark_sent(job, ["c0", "c1"], ["c2"]) == {"c0", "c1", "c2"}
-        assert store.mark_sent(job, ["c0", "c1"], ["c2"]) == set()
+        assert store.mark_sent(job, 0, ["c0", "c1"], ["c2"]) == {"c0", "c1", "c2"}
+        assert store.mark_sent(job, 0, ["c0", "c1"], ["c2"]) == set()
         assert store.get(job).counts.escalated == 2  # explored items are not escalations
 
     def test_seconds_add_up_per_tier(self, store: JobStore) -> None:

@@ -99,6 +99,7 @@ def test_trained_through_the_cli_loads_and_predicts_well_above_chance(saved: Pat
     assert (manifest.encoder.dimension, manifest.encoder.batch_size) == (384, 64)
     assert {"torch", "sentence-transformers"} <= set(manifest.versions)
     assert loaded.sha256 == manifest.identity != manifest.model_sha256
+    assert len(loaded.pipeline[-1].calibrated_classifiers_) == 1  # ensemble=False: one regression, not three
     texts, labels = banking_subset("test", PER_LABEL_TEST)
     proba = loaded.predict_proba(texts)
     assert proba.shape == (len(texts), N_LABELS)
@@ -253,7 +254,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 def test_without_the_extra_training_says_so_in_one_line(train_csv: Path, tmp_path: Path) -> None:
     args = ["cascade", "train", str(train_csv), "--out", str(tmp_path / "m"), "--features", "minilm"]
     done = run_python(BLOCKED + f"from cascade.broker.cli import main; sys.argv = {args!r}; main()")
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 3, done.stderr  # an input error: the model's features need the extra
     assert done.stderr.strip() == f"error: {INSTALL_HINT}"
     assert not (tmp_path / "m").exists()
 

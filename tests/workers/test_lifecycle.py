@@ -30,13 +30,13 @@ def test_a_job_past_its_window_expires_keeping_what_it_answered(store: MemoryJob
     on_time = running_job(store, 2, window=3600)
     no_window = running_job(store, 2, window=None)
     late = running_job(store, 3, window=-1)
-    store.record(late, results=[result("c0", 1)])
+    store.record(late, 0, results=[result("c0", 1)])
     for job in (on_time, no_window, late):
         expire_if_due(store, swept.append, job)
     assert swept == [late]
     assert store.status(late) is JobStatus.FINALIZING
     assert store.status(on_time) is store.status(no_window) is JobStatus.IN_PROGRESS
-    store.record(late, results=[result("c1", 2)])  # a chunk in flight still lands, and does not complete the job
+    store.record(late, 0, results=[result("c1", 2)])  # a chunk in flight still lands, and does not complete the job
     assert sweep_job(store, late) is JobStatus.EXPIRED
     view = store.get(late)
     assert (view.status, view.counts.completed, view.counts.failed) == (JobStatus.EXPIRED, 2, 1)
@@ -57,12 +57,12 @@ def test_cancelling_a_running_job_sweeps_it_once_in_effect(store: MemoryJobStore
     assert store.get(job).counts.failed == 2
 
 
-@pytest.mark.parametrize(("window", "seconds"), [("24h", 86400), ("90m", 5400), ("2s", 2)])
+@pytest.mark.parametrize(("window", "seconds"), [("24h", 86400), ("90m", 5400), ("2s", 2), (" 24h ", 86400)])
 def test_completion_windows(window: str, seconds: int) -> None:
     assert parse_window(window, 7 * 86400) == seconds
 
 
-@pytest.mark.parametrize("window", ["", "24", "1d", "0s", "-1h", "200h"])
+@pytest.mark.parametrize("window", ["", "24", "1d", "0s", "-1h", "200h", "\uff11h", "2\u0664h"])
 def test_bad_completion_windows_are_refused(window: str) -> None:
     with pytest.raises(InputError, match="completion_window"):
         parse_window(window, 7 * 86400)
@@ -91,7 +91,7 @@ def test_a_job_asked_to_end_during_intake_is_swept_when_the_input_is_stored(stor
 
 def test_a_failed_chunk_fails_only_its_unrecorded_items_naming_their_lines(store: MemoryJobStore) -> None:
     job = running_job(store, 3)
-    store.record(job, results=[result("c1", 2)])
+    store.record(job, 0, results=[result("c1", 2)])
     fail_chunk(store, job, 0, ErrorCode.MODEL_ERROR, "the model cannot be loaded")
     errors = {e.custom_id: e for e in store.iter_errors(job)}
     assert sorted(errors) == ["c0", "c2"]
@@ -144,7 +144,7 @@ def test_a_stalled_job_gets_its_missing_chunks_again_then_fails(store: MemoryJob
     store.put_chunk(job, 0, items(2))
     store.put_chunk(job, 1, items(2, start=2))
     store.finish_intake(job, total=4, chunks=2)
-    store.record(job, results=[result("c0", 1), result("c1", 2)])  # chunk 0 done, chunk 1 lost
+    store.record(job, 0, results=[result("c0", 1), result("c1", 2)])  # chunk 0 done, chunk 1 lost
     for _ in range(2):
         assert reap(store, sent.reaping(), job, now=later(store, job, 11)) is Reaped.RESENT
     assert sent.chunks == [(job, 1), (job, 1)]

@@ -72,7 +72,7 @@ def job_with_escalations(
 def run(store: MemoryJobStore, job: str, escalations: list[Escalation], http: httpx2.AsyncClient, **kw: int) -> None:
     async def go() -> None:
         async with LLMClient(CONFIG, http_client=http) as client:
-            await run_llm_chunk(store, client, job, escalations, **kw)
+            await run_llm_chunk(store, client, job, 0, escalations, **kw)
 
     asyncio.run(go())
 
