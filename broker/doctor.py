@@ -72,7 +72,7 @@ def run(settings: Settings, celery: Celery, model: Path | None, timeout: float =
         reached = redis_answers(client, settings.redis_url)
         yield reached
         if reached.outcome is Outcome.OK:
-            yield redis_password(settings.redis_url)
+            yield redis_password(settings.redis_url, timeout)
             yield from redis_config(client)
     finally:
         client.close()
@@ -100,14 +100,31 @@ def redis_answers(client: redis.Redis, url: str) -> Check:
     return Check("redis", Outcome.OK, f"answers at {redacted(url)}")
 
 
-def redis_password(url: str) -> Check:
-    """Called once Redis answered: with no password in ``url`` (``CASCADE_REDIS_PASSWORD`` included), it wants none."""
+def redis_password(url: str, timeout: float = 2.0) -> Check:
+    """Called once Redis answered with ``url``'s login (``CASCADE_REDIS_PASSWORD`` included): whether Redis also
+    answers a connection that gives none. A login that Redis does not require (an ACL user beside a default user
+    without a password, as the local stack's) protects nothing."""
     parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
     if parts.password is not None:
-        return Check("redis password", Outcome.OK, "Redis wants a password, and takes the one given")
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    found = "no password: anyone who reaches its port reads and changes every job"
-    if local:
+        anonymous = redis.Redis.from_url(
+            urlunsplit(parts._replace(netloc=host)), socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        try:
+            anonymous.ping()
+        except redis.AuthenticationError:  # NOAUTH, or the default user is off: a password is required
+            return Check("redis password", Outcome.OK, "Redis wants a password, and takes the one given")
+        except redis.RedisError:
+            return Check("redis password", Outcome.OK, "Redis takes the password given")
+        finally:
+            anonymous.close()
+        found = (
+            "the password given is not needed: Redis answers without one too (its default user has no password), "
+            "so anyone who reaches its port reads and changes every job"
+        )
+    else:
+        found = "no password: anyone who reaches its port reads and changes every job"
+    if parts.hostname in ("127.0.0.1", "localhost", "::1"):
         found += " (a Redis on this machine, like the local stack's, bound to 127.0.0.1: fine for trying Cascade)"
     return Check(
         "redis password",

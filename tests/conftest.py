@@ -1,6 +1,7 @@
 """Shared fixtures: a real Redis database of the tests' own, trained models, real worker processes, vLLM.
 
-Redis: ``CASCADE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``), flushed by the tests; never db 0.
+Redis: ``CASCADE_TEST_REDIS_URL`` (default ``redis://cascade:…@127.0.0.1:6379/15``: the local stack's login, an ACL
+user that ``deploy/local/common.sh ensure_redis`` creates), flushed by the tests; never db 0.
 vLLM: the server at ``CASCADE_LLM_URL`` when it answers, else started once per session by
 ``deploy/local/vllm_serve.sh`` (and stopped at the end if this session started it).
 S3: the server at ``CASCADE_TEST_S3_ENDPOINT`` (default SeaweedFS on ``http://127.0.0.1:8333``, started by
@@ -33,7 +34,10 @@ from cascade.workers.data import read_labelled_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CASCADE_DATASETS", ROOT.parent / "shared" / "datasets"))
-TEST_REDIS_URL = os.environ.get("CASCADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The tests log in to Redis as the local stack does: an ACL user on the machine's Redis, made by
+# deploy/local/common.sh ensure_redis_user. Local-only credentials, never a real Redis's.
+LOCAL_REDIS_LOGIN = "cascade:cascade-local-redis@"
+TEST_REDIS_URL = os.environ.get("CASCADE_TEST_REDIS_URL", f"redis://{LOCAL_REDIS_LOGIN}127.0.0.1:6379/15")
 CASCADE = str(Path(sys.executable).parent / "cascade")
 
 
@@ -45,6 +49,14 @@ def _check_test_db(url: str) -> None:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     _check_test_db(TEST_REDIS_URL)
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL).ping()
+    except redis.AuthenticationError as e:
+        pytest.fail(
+            f"Redis refused the tests' login ({e}): `. deploy/local/common.sh && ensure_redis` creates the local "
+            "ACL user, or set CASCADE_TEST_REDIS_URL",
+            pytrace=False,
+        )
     llm_url = os.environ.get("CASCADE_LLM_URL", "http://127.0.0.1:8000/v1")
     files = tmp_path_factory.mktemp("files")  # the API's uploads, read by the workers' intake tasks
     return Settings(redis_url=TEST_REDIS_URL, llm_url=llm_url, chunk_size=300, files_dir=str(files))

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -214,12 +215,29 @@ def test_doctor_passes_the_password_and_warns_without_one(settings: Settings, lo
     found = _doctor(settings, CASCADE_REDIS_URL=locked_redis.url, CASCADE_REDIS_PASSWORD=PASSWORD)
     assert found["redis"] == ("ok", f"answers at redis://:***@127.0.0.1:{locked_redis.port}/0")
     assert found["redis password"][0] == "ok"
-    unlocked = _doctor(settings)  # the tests' Redis: the machine's, without a password
-    outcome, detail = unlocked["redis password"]
+    # The machine's Redis, with no login at all, and with the local stack's, which it does not require (an ACL user
+    # beside a default user without a password): a warning, both.
+    tests = urlsplit(settings.redis_url)
+    host = tests.netloc.rpartition("@")[2]
+    plain = urlunsplit(tests._replace(netloc=host))
+    outcome, detail = _doctor(settings, CASCADE_REDIS_URL=plain)["redis password"]
     assert outcome == "WARN"
     assert "no password" in detail
     assert "the local stack's" in detail
     assert "CASCADE_REDIS_PASSWORD" in detail
+    redis.Redis.from_url(plain).acl_setuser(
+        "cascade-doctor-test", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    try:
+        login = urlunsplit(tests._replace(netloc=f"cascade-doctor-test:pw@{host}"))
+        found = _doctor(settings, CASCADE_REDIS_URL=login)
+    finally:
+        redis.Redis.from_url(plain).acl_deluser("cascade-doctor-test")
+    assert found["redis"] == ("ok", f"answers at redis://cascade-doctor-test:***@{host}{tests.path}")
+    outcome, detail = found["redis password"]
+    assert outcome == "WARN"
+    assert "Redis answers without one too" in detail
+    assert "the local stack's" in detail
 
 
 def test_a_job_completes_over_tls_verified_against_the_ca_file(

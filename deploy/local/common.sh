@@ -52,8 +52,32 @@ redis_answers() {
   (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null
 }
 
+# The local stack's and the tests' Redis login: an ACL user on the machine's Redis, whose default user (the
+# machine's, shared with whatever else runs here) stays as it is. Local-only credentials, like SeaweedFS's below;
+# never use them for a real Redis. tests/conftest.py (CASCADE_TEST_REDIS_URL's default) uses the same.
+local_redis_user=cascade
+local_redis_password=cascade-local-redis
+
+ensure_redis_user() {
+  # (Re)creates that user with every key, channel and command: Redis keeps ACL users in memory only here, so a
+  # restarted Redis has lost it. Idempotent.
+  redis-cli -h 127.0.0.1 -p 6379 ACL SETUSER "$local_redis_user" reset on ">$local_redis_password" '~*' '&*' \
+    '+@all' >/dev/null || {
+    echo "[cascade] could not create Redis's ACL user $local_redis_user on 127.0.0.1:6379 (redis-cli ACL SETUSER)" >&2
+    return 1
+  }
+}
+
+use_local_redis() {
+  # The local stack logs in to Redis as that user, unless CASCADE_REDIS_URL names another Redis.
+  if [ -z "${CASCADE_REDIS_URL:-}" ]; then
+    export CASCADE_REDIS_URL="redis://$local_redis_user@127.0.0.1:6379/0"
+    export CASCADE_REDIS_PASSWORD="$local_redis_password"
+  fi
+}
+
 ensure_redis() {
-  if redis_answers; then return 0; fi
+  if redis_answers; then ensure_redis_user; return; fi
   echo "[cascade] Redis does not answer on 127.0.0.1:6379; starting it" >&2
   if ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
@@ -61,7 +85,7 @@ ensure_redis() {
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/cascade.log
-  for _ in $(seq 1 50); do redis_answers && return 0; sleep 0.2; done
+  for _ in $(seq 1 50); do redis_answers && { ensure_redis_user; return; }; sleep 0.2; done
   echo "[cascade] Redis did not start" >&2
   return 1
 }

@@ -13,6 +13,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bash "$root/deploy/local/up.sh"
+ensure_redis
+use_local_redis  # the same Redis login as the stack's worker
 cd "$root"
 "$root/.venv/bin/cascade" demo "$@"
 

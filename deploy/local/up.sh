@@ -7,6 +7,7 @@ set -euo pipefail
 
 ensure_venv
 ensure_redis
+use_local_redis  # every process below logs in to Redis (ACL user `cascade`), unless CASCADE_REDIS_URL is set
 ensure_seaweedfs
 bash "$root/deploy/local/vllm_serve.sh"
 

@@ -20,12 +20,12 @@ import openai
 import pytest
 import redis
 
-from tests.conftest import _check_test_db, dataset, free_port, write_jsonl
+from tests.conftest import LOCAL_REDIS_LOGIN, _check_test_db, dataset, free_port, write_jsonl
 
 IMAGE = "cascade:test"
 UID = "10001"  # the image's user (deploy/Dockerfile), the uid Kubernetes' runAsNonRoot checks
 # A Redis database of this test's own (flushed), never the suite's (CASCADE_TEST_REDIS_URL) nor 0.
-REDIS_URL = os.environ.get("CASCADE_TEST_IMAGE_REDIS_URL", "redis://127.0.0.1:6379/12")
+REDIS_URL = os.environ.get("CASCADE_TEST_IMAGE_REDIS_URL", f"redis://{LOCAL_REDIS_LOGIN}127.0.0.1:6379/12")
 TOKEN = "tok-image"
 ITEMS = 40
 
