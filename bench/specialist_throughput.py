@@ -5,7 +5,8 @@
 Three rates on the same texts (Banking77 test texts repeated), in the same run of this script: the Cascade job
 (submit to completed; threshold 0, so nothing is escalated), a plain loop of the specialist's predict_proba, and a
 plain TF-IDF + logistic regression script (fitted on the train split); both loops in batches of 2,000. Prints the
-job's ratio to each (we aim for at least 0.8 of the plain loop).
+job's ratio to each (we aim for at least 0.9). The workers are warmed first by a small job (each pool process loads
+the model on its first chunk, as a running service did long before), not timed.
 """
 
 import argparse
@@ -61,6 +62,14 @@ def main() -> None:
         llm_model=settings.llm_model,
     )
     with workers(settings, "specialist", processes=args.processes, concurrency=args.concurrency):
+        # Warm-up: every pool process loads (and verifies) the model on its first chunk, ~1.6 s here, as a running
+        # service did long before; the plain loops have theirs loaded too. Not timed.
+        slots = args.processes * args.concurrency
+        warm = OUT / "specialist-warmup.jsonl"
+        with warm.open("w") as f:
+            for i, t in enumerate(texts[: 4 * slots * settings.chunk_size]):
+                f.write(json.dumps({"custom_id": f"w{i}", "text": t}) + "\n")
+        wait_done(store, submit_file(store, lambda j, n: send_specialist_chunk(app, j, n), settings, warm, spec))
         start = time.perf_counter()
         job = submit_file(store, lambda j, n: send_specialist_chunk(app, j, n), settings, jsonl, spec)
         submitted = time.perf_counter() - start
@@ -76,10 +85,11 @@ def main() -> None:
         f"worker processes {args.processes} x {args.concurrency} slots"
     )
     print(f"submission (read, validate, store, enqueue) took {submitted:.2f} s of the job's {elapsed:.2f} s")
+    print(f"busy time of the worker's pool processes: {view.specialist_seconds:.2f} s (over {slots} of them)")
     print(f"plain loop of the specialist's predict_proba (batches of {PLAIN_BATCH:,}): {baseline:,.0f} items/s")
     print(f"plain TF-IDF + logistic regression script (batches of {PLAIN_BATCH:,}): {plain:,.0f} items/s")
     print(f"cascade job (submit -> completed, Redis + Celery): {cascade:,.0f} items/s")
-    print(f"ratio cascade / plain specialist loop: {cascade / baseline:.2f}  (goal >= 0.8)")
+    print(f"ratio cascade / plain specialist loop: {cascade / baseline:.2f}  (goal >= 0.9)")
     print(f"ratio cascade / plain TF-IDF + LR script: {cascade / plain:.2f}")
 
 

@@ -52,7 +52,7 @@ class Part(BaseModel, frozen=True):
 
 
 def _jsonl(records: Sequence[ItemResult] | Sequence[ItemError]) -> bytes:
-    return b"".join(r.model_dump_json().encode() + b"\n" for r in records)
+    return b"".join(r.__pydantic_serializer__.to_json(r) + b"\n" for r in records)
 
 
 class PartStore:

@@ -4,10 +4,30 @@ chunk that runs twice counts once. Which route counts as which tier is decided h
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+from prometheus_client import Histogram
+
 from cascade.monitoring import metrics
 from cascade.workers.answers import CacheResult
 from cascade.workers.items import AnswerSource, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, as one update per bucket and one of the sum: a chunk's hundreds
+    of observations cost a few updates (each a locked write to a file in the workers' multiprocess mode). What
+    ``Histogram.observe`` does, counted first: a value goes to the first bucket whose upper bound it does not
+    exceed (prometheus_client keeps per-bucket counts, summed at collection)."""
+    if not values:
+        return
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    found = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(bounds, found, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(found.sum()))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
+        if n:
+            bucket.inc(n)
 
 
 def _labelled(results: Sequence[ItemResult]) -> None:
@@ -22,7 +42,6 @@ def specialist_chunk(
     """A specialist chunk: its new final answers, and the items it newly sent to the LLM (route, confidence)."""
     items: Counter[tuple[str, str]] = Counter()  # counted first: one update per label set, not per item
     for r in results:
-        metrics.CONFIDENCE.observe(r.specialist_confidence)
         if r.llm_source is AnswerSource.MEMORY:  # escalated, and answered by the answer memory
             items.update([("specialist", "escalated"), ("llm", "answered")])
             metrics.LLM_CACHE.labels(result=CacheResult.MEMORY.value).inc()
@@ -30,8 +49,8 @@ def specialist_chunk(
         items["specialist", "abstained" if r.tier is Tier.ABSTAIN else "answered"] += 1
     for (tier, outcome), n in items.items():
         metrics.ITEMS.labels(tier=tier, outcome=outcome).inc(n)
-    for route, confidence in sent:
-        metrics.CONFIDENCE.observe(confidence)
+    observe_all(metrics.CONFIDENCE, [r.specialist_confidence for r in results] + [c for _, c in sent])
+    for route, _ in sent:
         if route is Route.ESCALATE:
             metrics.ITEMS.labels(tier="specialist", outcome="escalated").inc()
         reason = {Route.EXPLORE: "exploration"}.get(route, "policy_band" if spec.policy else "low_confidence")

@@ -158,14 +158,15 @@ def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> list
     vectors = specialist.embed(texts)
     proba = specialist.predict_proba(texts, vectors)
     best = proba.argmax(axis=1)
+    confidences: list[float] = proba[np.arange(len(items)), best].tolist()
     decisions = []
-    for n, (item, row, b) in enumerate(zip(items, proba, best, strict=True)):
-        label, confidence = labels[int(b)], float(row[b])
+    for n, (item, b, confidence) in enumerate(zip(items, best.tolist(), confidences, strict=True)):
+        label = labels[b]
         if spec.policy is not None:
             chosen = route_with_policy(spec.policy, item.custom_id, label, confidence)
         else:
             chosen = route(confidence, spec.threshold)
-        decisions.append(Decision(item, label, confidence, chosen, row, None if vectors is None else vectors[n]))
+        decisions.append(Decision(item, label, confidence, chosen, proba[n], None if vectors is None else vectors[n]))
     return decisions
 
 
@@ -264,13 +265,18 @@ def split_chunk(
 
 
 def run_specialist_chunk(
-    store: JobStore, specialist: Specialist, job_id: str, index: int, memory: AnswerMemory | None = None
+    store: JobStore,
+    specialist: Specialist,
+    job_id: str,
+    index: int,
+    memory: AnswerMemory | None = None,
+    spec: JobSpec | None = None,
 ) -> list[Escalation]:
     """Answer a stored chunk's confident items (and those the answer memory, read at the chunk's start, answers);
-    return the escalations still without a record."""
+    return the escalations still without a record. ``spec``: the job's, when the caller has read it already."""
     if not store.status(job_id).accepts_work:  # ended, or ending: its sweep takes the items
         return []
-    spec = store.spec(job_id)
+    spec = store.spec(job_id) if spec is None else spec
     start = time.perf_counter()
 
     def reserve(costs: list[float]) -> int:

@@ -260,7 +260,7 @@ def _specialist_chunk(store: RedisJobStore, job_id: str, index: int) -> int:
     except ModelError as e:  # every item of the chunk still ends in exactly one place: the error file
         lifecycle.fail_chunk(store, job_id, index, ErrorCode.MODEL_ERROR, str(e))
         return 0
-    escalations = run_specialist_chunk(store, model, job_id, index, _memory(model, spec))
+    escalations = run_specialist_chunk(store, model, job_id, index, _memory(model, spec), spec)
     if escalations:
         send_llm_chunk(app, job_id, escalations, index)
     return len(escalations)
