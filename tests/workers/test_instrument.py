@@ -51,6 +51,6 @@ def test_the_same_as_one_observe_each(values: list[float]) -> None:
 
 def test_a_labelled_histogram_is_refused_without_its_labels() -> None:
     h = Histogram("l", "l", ["tier"], registry=CollectorRegistry())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="missing label values"):
         observe_all(h, [0.5])
     observe_all(h.labels(tier="x"), [0.5])
