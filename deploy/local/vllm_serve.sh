@@ -21,7 +21,15 @@ if curl -fsS -m 2 "$health" >/dev/null 2>&1; then
 fi
 
 pidfile="$home/vllm-$port.pid"
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+# The process in the pid file is a live vLLM server: not a zombie (an unreaped server that died), not another
+# process that took the pid of one an earlier session left.
+server_alive() {
+  local pid
+  pid="$(cat "$pidfile" 2>/dev/null)" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "vllm.entrypoints.openai.api_server"
+}
+if server_alive; then
   echo "[vllm_serve] a server is already starting (pid $(cat "$pidfile")); waiting for it" >&2
 else
 eval "$("$here/vllm_env.sh")"
@@ -40,7 +48,7 @@ for _ in $(seq 1 180); do
     echo "[vllm_serve] ready on port $port" >&2
     exit 0
   fi
-  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if ! server_alive; then
     echo "[vllm_serve] the server exited; last lines of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1
