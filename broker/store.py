@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -51,49 +51,25 @@ def _indexed(job_id: str, *own: str) -> tuple[list[str], dict[str, object]]:
     return [*own, *_STATUS_KEYS], {"id": job_id, "index": index}
 
 
-_Kind = tuple[str, str, bool | None, bool, bool, int, AnswerSource | None] | None
-"""What of a record its bumps depend on (None: an error): tier, route, correct, the specialist right, an LLM
-error, LLM tokens, the LLM answer's source."""
-
-
-def _kind(r: ItemResult | ItemError) -> _Kind:
-    if isinstance(r, ItemError):
-        return None
-    specialist_right = r.gold is not None and r.specialist_label == r.gold
-    return r.tier.value, r.route.value, r.correct, specialist_right, bool(r.llm_error), r.llm_tokens, r.llm_source
-
-
-def _bumps_of(kind: _Kind) -> dict[str, int]:
-    """What one new record of ``kind`` adds to its job's counters: the one rule, for records written one by one
+def _bumps(r: ItemResult | ItemError) -> dict[str, int]:
+    """What one new record adds to its job's counters: the one rule, for records written one by one
     (``scripts.RECORD``) and for a chunk committed whole (``scripts.COMMIT_WHOLE``)."""
-    if kind is None:
+    if isinstance(r, ItemError):
         return {"n_errors": 1}
-    tier, route, correct, specialist_right, llm_error, llm_tokens, source = kind
-    bumps = {"n_results": 1, f"answered:{tier}": 1, f"route:{route}": 1}
-    if correct is not None:
+    tier = r.tier.value
+    bumps = {"n_results": 1, f"answered:{tier}": 1, f"route:{r.route.value}": 1}
+    if r.correct is not None:
         bumps[f"labelled:{tier}"] = 1
-        bumps[f"correct:{tier}"] = int(correct)
-        bumps[f"specialist_correct:{tier}"] = int(specialist_right)
-    if llm_error:
+        bumps[f"correct:{tier}"] = int(r.correct)
+        bumps[f"specialist_correct:{tier}"] = int(r.gold is not None and r.specialist_label == r.gold)
+    if r.llm_error:
         bumps["llm_errors"] = 1
-    if llm_tokens > 0:
-        bumps["llm_tokens"] = llm_tokens
+    if r.llm_tokens > 0:
+        bumps["llm_tokens"] = r.llm_tokens
         bumps["llm_requests"] = 1
-    if source is AnswerSource.CACHE:
+    if r.llm_source is AnswerSource.CACHE:
         bumps["llm_cache_hits"] = 1
     return bumps
-
-
-def _bumps(r: ItemResult | ItemError) -> dict[str, int]:
-    return _bumps_of(_kind(r))
-
-
-def _bumps_all(records: Iterable[ItemResult | ItemError]) -> Counter[str]:
-    """The sum of the records' bumps, the rule applied once per kind of record (a chunk holds a few kinds)."""
-    total: Counter[str] = Counter()
-    for kind, n in Counter(_kind(r) for r in records).items():
-        total.update({name: value * n for name, value in _bumps_of(kind).items()})
-    return total
 
 
 def _record(r: ItemResult | ItemError) -> dict[str, object]:
@@ -383,7 +359,11 @@ class RedisJobStore:
         except StorageError as e:
             log.warning("chunk %d of job %s goes to Redis: %s", chunk, job_id, e)
             return None
-        bumps = _bumps_all([*results, *errors])
+        bumps: Counter[str] = Counter()
+        for result in results:
+            bumps.update(_bumps(result))
+        for error in errors:
+            bumps.update(_bumps(error))
         size = len(results) + len(errors)
         part_json, now = part.model_dump_json(), repr(time.time())
         args = _args(chunk=chunk, part=part_json, size=size, bumps=bumps, now=now, ttl=self.job_ttl)

@@ -50,7 +50,8 @@ def _check_test_db(url: str) -> None:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     _check_test_db(TEST_REDIS_URL)
     try:
-        redis.Redis.from_url(TEST_REDIS_URL).ping()
+        with redis.Redis.from_url(TEST_REDIS_URL) as client:
+            client.ping()
     except redis.AuthenticationError as e:
         pytest.fail(
             f"Redis refused the tests' login ({e}): `. deploy/local/common.sh && ensure_redis` creates the local "

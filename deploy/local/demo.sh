@@ -12,8 +12,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-bash "$root/deploy/local/up.sh"
-ensure_redis
+bash "$root/deploy/local/up.sh"  # which also makes the Redis login (ensure_redis)
 use_local_redis  # the same Redis login as the stack's worker
 cd "$root"
 "$root/.venv/bin/cascade" demo "$@"
