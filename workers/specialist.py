@@ -44,6 +44,7 @@ from cascade.workers.manifest import (
     library_versions,
     read_manifest,
 )
+from cascade.workers.stacked_head import StackedHead
 
 MODEL_FILE = "model.skops"
 _WALKED_TORCH = "sklearn.externals.array_api_compat.torch"
@@ -105,6 +106,9 @@ class Specialist:
     sha256: str
     """The manifest's ``identity``: the head's checksum, with the encoder's when there is one."""
     encoder: Encoder | None = None
+    head: StackedHead | None = None
+    """The head's stacked form (``stacked_head``), which predicts the same probabilities faster; None: predict
+    through the pipeline."""
 
     @property
     def labels(self) -> list[str]:
@@ -120,8 +124,13 @@ class Specialist:
             features: list[str] | NDArray[np.float32] = texts
         else:
             features = self.encoder.encode(texts) if vectors is None else vectors
-        proba: NDArray[np.float64] = self.pipeline.predict_proba(features)
-        return proba
+        if self.head is None:
+            proba: NDArray[np.float64] = self.pipeline.predict_proba(features)
+            return proba
+        x: Any = features
+        for _, step in self.pipeline.steps[:-1]:  # the TF-IDF features, for a ``tfidf`` model
+            x = step.transform(x)
+        return self.head.predict_proba(x)
 
 
 @dataclass(frozen=True)
@@ -268,7 +277,8 @@ def load(folder: str | Path, expected_sha256: str | None = None, threads: int | 
     _check_versions(folder, manifest)
     pipeline = _load_head(model_path, manifest)
     encoder = None if manifest.encoder is None else _open_encoder(manifest.encoder, pipeline, threads)
-    return Specialist(pipeline=pipeline, manifest=manifest, sha256=manifest.identity, encoder=encoder)
+    head = StackedHead.of(pipeline.steps[-1][1])
+    return Specialist(pipeline=pipeline, manifest=manifest, sha256=manifest.identity, encoder=encoder, head=head)
 
 
 def _check_versions(folder: Path, manifest: Manifest) -> None:
