@@ -52,7 +52,9 @@ class Part(BaseModel, frozen=True):
 
 
 def _jsonl(records: Sequence[ItemResult] | Sequence[ItemError]) -> bytes:
-    return b"".join(r.__pydantic_serializer__.to_json(r) + b"\n" for r in records)
+    """One record per line, without the fields at their defaults (read back, they take them again): a
+    specialist's answer is ~170 bytes instead of ~420, and quicker to write."""
+    return b"".join(r.__pydantic_serializer__.to_json(r, exclude_defaults=True) + b"\n" for r in records)
 
 
 class PartStore:

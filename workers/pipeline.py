@@ -286,11 +286,15 @@ def run_specialist_chunk(
     metrics.IN_FLIGHT.labels(tier="specialist").inc(len(items))
     try:
         accepted, escalated = split_chunk(items, specialist, spec, reserve, memory)
-        new = store.mark_sent(
-            job_id,
-            index,
-            [e.custom_id for e in escalated if e.route is Route.ESCALATE],
-            [e.custom_id for e in escalated if e.route is Route.EXPLORE],
+        new = (  # a chunk that sends nothing has nothing to count (one round trip fewer)
+            store.mark_sent(
+                job_id,
+                index,
+                [e.custom_id for e in escalated if e.route is Route.ESCALATE],
+                [e.custom_id for e in escalated if e.route is Route.EXPLORE],
+            )
+            if escalated
+            else set()
         )
         recorded = store.record(job_id, index, results=accepted, whole=not escalated)
     finally:
