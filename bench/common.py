@@ -56,9 +56,10 @@ def workers(settings: Settings, queues: str, processes: int = 1, concurrency: in
         **os.environ,
         "CASCADE_REDIS_URL": settings.redis_url,
         "CASCADE_LLM_URL": settings.llm_url,
-        "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
         "CASCADE_METRICS_PORT": "0",  # no /metrics: another worker (the local stack's) may hold the port
     }
+    if settings.chunk_size is not None:
+        env["CASCADE_CHUNK_SIZE"] = str(settings.chunk_size)
     procs = [
         subprocess.Popen(
             [

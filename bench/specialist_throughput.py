@@ -1,6 +1,6 @@
 """Specialist tier: items/s of a 100k-item job through Redis and Celery, against predict_proba in one process.
 
-    python -m bench.specialist_throughput [--items 100000] [--chunk-size 500]
+    python -m bench.specialist_throughput [--items 100000] [--chunk-size N]
 
 Three rates on the same texts (Banking77 test texts repeated), in the same run of this script: the Cascade job
 (submit to completed; threshold 0, so nothing is escalated), a plain loop of the specialist's predict_proba, and a
@@ -27,7 +27,7 @@ from bench.common import (
     workers,
 )
 from cascade.broker.celery_app import app, configure, send_specialist_chunk
-from cascade.broker.submit import submit_file
+from cascade.broker.submit import chunk_size, submit_file
 from cascade.workers.jobs import JobSpec, JobStatus
 
 
@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool slots per worker process")
-    parser.add_argument("--chunk-size", type=int, default=500, help="items per specialist chunk (CASCADE_CHUNK_SIZE)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="items per specialist chunk (CASCADE_CHUNK_SIZE; default: unset)"
+    )
     args = parser.parse_args()
 
     settings = bench_settings(chunk_size=args.chunk_size)
@@ -61,13 +63,14 @@ def main() -> None:
         top_k=5,
         llm_model=settings.llm_model,
     )
+    size = chunk_size(settings, spec)  # unset: by the model's speed (its manifest), as a submission sizes them
     with workers(settings, "specialist", processes=args.processes, concurrency=args.concurrency):
         # Warm-up: every pool process loads (and verifies) the model on its first chunk, ~1.6 s here, as a running
         # service did long before; the plain loops have theirs loaded too. Not timed.
         slots = args.processes * args.concurrency
         warm = OUT / "specialist-warmup.jsonl"
         with warm.open("w") as f:
-            for i, t in enumerate(texts[: 4 * slots * settings.chunk_size]):
+            for i, t in enumerate(texts[: 4 * slots * size]):
                 f.write(json.dumps({"custom_id": f"w{i}", "text": t}) + "\n")
         wait_done(store, submit_file(store, lambda j, n: send_specialist_chunk(app, j, n), settings, warm, spec))
         start = time.perf_counter()
@@ -81,7 +84,9 @@ def main() -> None:
     cascade = args.items / elapsed
 
     print(
-        f"items: {args.items}, chunk size {settings.chunk_size}, "
+        f"items: {args.items}, chunk size {size}"
+        + (" (CASCADE_CHUNK_SIZE unset: by the model's speed)" if settings.chunk_size is None else "")
+        + ", "
         f"worker processes {args.processes} x {args.concurrency} slots"
     )
     print(f"submission (read, validate, store, enqueue) took {submitted:.2f} s of the job's {elapsed:.2f} s")

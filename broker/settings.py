@@ -95,8 +95,12 @@ class Settings(BaseSettings):
     """Retries per request, with exponential backoff, before the item is marked ``llm_error``."""
     llm_max_tokens: int = Field(default=24, ge=1)
 
-    chunk_size: int = Field(default=500, ge=1, le=100_000)
-    """Items per specialist task."""
+    chunk_size: int | None = Field(default=None, ge=1, le=100_000)
+    """Items per specialist task. Unset: as many as the job's specialist predicts in ``chunk_seconds``, by the speed
+    its manifest recorded at training, within ``CHUNK_SIZES`` (``submit.chunk_size``)."""
+    chunk_seconds: float = Field(default=0.05, gt=0)
+    """Prediction time per specialist task that an unset ``chunk_size`` aims at: long enough that a task's fixed
+    costs (its Redis round trips, Celery's delivery, its part file) stay a few percent of it."""
     dispatch_depth: int = Field(default=8, ge=1)
     """Specialist chunks that may wait in the Celery queue; the rest wait in the fair queue (``broker/fair.py``),
     which hands them out round-robin across owners. Deeper: idle workers wait less for a dispatch; shallower: a new

@@ -9,7 +9,7 @@ from typing import IO
 from cascade.broker.intake import Intake, duplicate
 from cascade.broker.settings import Settings
 from cascade.workers import lifecycle
-from cascade.workers.errors import InputError
+from cascade.workers.errors import InputError, ModelError
 from cascade.workers.items import Item, ItemError
 from cascade.workers.jobs import JobSpec, OnLLMError, parse_window
 from cascade.workers.lifecycle import Sweep
@@ -95,6 +95,27 @@ def create_job(store: JobStore, settings: Settings, spec: JobSpec) -> str:
     return store.create(spec, window=parse_window(settings.completion_window, settings.job_ttl))
 
 
+CHUNK_SIZES = range(500, 5001)
+"""The sizes an unset ``CASCADE_CHUNK_SIZE`` chooses among: at least 500 (what every chunk was before, still the
+size for a slow model: with MiniLM, 500 items take ~2 s), at most 5,000 (a chunk's escalations are one LLM task)."""
+
+
+def chunk_size(settings: Settings, spec: JobSpec) -> int:
+    """Items per specialist task of a job: ``CASCADE_CHUNK_SIZE`` when set; else as many as the job's specialist
+    predicts in ``CASCADE_CHUNK_SECONDS``, by the speed its manifest recorded at training, within ``CHUNK_SIZES``
+    (the smallest when the manifest recorded none or cannot be read). Fast models get larger chunks: each task's
+    fixed costs then weigh less (``python -m bench.specialist_throughput``)."""
+    if settings.chunk_size is not None:
+        return settings.chunk_size
+    try:
+        per_item = read_manifest(spec.model_path).metrics.seconds_per_item
+    except ModelError:
+        per_item = None
+    if not per_item or per_item <= 0:
+        return CHUNK_SIZES.start
+    return max(CHUNK_SIZES.start, min(CHUNK_SIZES.stop - 1, round(settings.chunk_seconds / per_item)))
+
+
 def submit_file(
     store: JobStore,
     enqueue: Enqueue,
@@ -119,6 +140,7 @@ def submit_file(
     elif store.status(job_id).is_final:  # an intake delivered again after its job ended
         return job_id
     chunker = _Chunker(store, enqueue, job_id)
+    size = chunk_size(settings, spec)
     chunk: list[Item] = []
     total = 0
     intake = Intake(settings.max_text_chars, settings.max_id_chars, models=settings.llm_models(spec.llm_model))
@@ -128,7 +150,7 @@ def submit_file(
             chunker.refuse(parsed)
             continue
         chunk.append(parsed)
-        if len(chunk) >= settings.chunk_size:
+        if len(chunk) >= size:
             chunker.add(chunk)
             chunk = []
     chunker.add(chunk)

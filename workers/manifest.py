@@ -53,6 +53,10 @@ class HoldoutMetrics(BaseModel):
     n_train: int
     n_holdout: int
     train_seconds: float
+    seconds_per_item: float | None = None
+    """Prediction time per item (features included), measured on the held-out items when the model was trained, on
+    the machine that trained it; what the intake sizes chunks by when ``CASCADE_CHUNK_SIZE`` is unset. None: a model
+    saved before it was measured."""
 
 
 class Lineage(BaseModel):

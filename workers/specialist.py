@@ -142,6 +142,8 @@ class TrainReport:
     n_holdout: int
     seconds: float
     encoder: Encoder | None = None
+    seconds_per_item: float | None = None
+    """Prediction time per item on the held-out items, the encoder's share included (``HoldoutMetrics``)."""
 
 
 def train(
@@ -172,6 +174,7 @@ def train(
         raise InputError(f"the extra items' weight must be above 0, not {extra_weight}")
     start = time.perf_counter()
     features = texts if encoder is None else encoder.encode(texts)
+    encode_seconds = time.perf_counter() - start
     extra = list(extra_texts) if encoder is None else encoder.encode(extra_texts)
 
     def fit(x: Any, y: list[str]) -> Pipeline:
@@ -185,7 +188,9 @@ def train(
         features, labels, test_size=holdout_size(labels, holdout), random_state=seed, stratify=labels
     )
     probe = fit(x_fit, list(y_fit))
+    predicting = time.perf_counter()
     accuracy = float(np.mean(probe.predict(x_hold) == np.asarray(y_hold)))
+    per_item = (time.perf_counter() - predicting) / len(y_hold) + encode_seconds / len(labels)
     final = fit(features, labels)
     return TrainReport(
         pipeline=final,
@@ -195,6 +200,7 @@ def train(
         n_holdout=len(x_hold),
         seconds=time.perf_counter() - start,
         encoder=encoder,
+        seconds_per_item=per_item,
     )
 
 
@@ -245,6 +251,7 @@ def save(report: TrainReport, folder: str | Path, data_sha256: str, lineage: Lin
             n_train=report.n_train,
             n_holdout=report.n_holdout,
             train_seconds=report.seconds,
+            seconds_per_item=report.seconds_per_item,
         ),
         data_sha256=data_sha256,
         model_sha256=file_sha256(model_path),

@@ -11,7 +11,7 @@ import pytest
 from cascade.broker.intake import Intake
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
-from cascade.broker.submit import PROMPT_FILE, build_spec, parse_file, submit_file
+from cascade.broker.submit import CHUNK_SIZES, PROMPT_FILE, build_spec, chunk_size, parse_file, submit_file
 from cascade.workers.errors import InputError
 from cascade.workers.items import ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
@@ -263,3 +263,39 @@ def test_lines_naming_another_model_than_the_llm_or_its_aliases_are_refused(
         ("r3", ErrorCode.INVALID_FIELD),
     ]
     assert all("'body.model'" in e.message and "CASCADE_LLM_MODEL_ALIASES" in e.message for e in refused)
+
+
+def model_with_speed(sms_model: Path, tmp_path: Path, seconds_per_item: float | None) -> JobSpec:
+    folder = tmp_path / "model"
+    shutil.copytree(sms_model, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["metrics"]["seconds_per_item"] = seconds_per_item
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return SPEC.model_copy(update={"model_path": str(folder)})
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_item", "expected"),
+    [(20e-6, 2500), (4.6e-3, 500), (1e-6, 5000), (None, 500)],  # TF-IDF, MiniLM, faster still, never measured
+)
+def test_an_unset_chunk_size_follows_the_models_recorded_speed(
+    sms_model: Path, tmp_path: Path, seconds_per_item: float | None, expected: int
+) -> None:
+    spec = model_with_speed(sms_model, tmp_path, seconds_per_item)
+    assert chunk_size(Settings(chunk_seconds=0.05), spec) == expected
+    assert chunk_size(Settings(chunk_size=7), spec) == 7  # a size that is set is the size
+    assert chunk_size(Settings(), SPEC) == CHUNK_SIZES.start  # no manifest to read
+
+
+def test_a_trained_model_records_its_speed_and_its_jobs_chunks_follow_it(
+    sms_model: Path, store: RedisJobStore, tmp_path: Path
+) -> None:
+    measured = read_manifest(sms_model).metrics.seconds_per_item
+    assert measured is not None
+    assert 0 < measured < 1e-3  # TF-IDF predicts tens of thousands of items a second
+    spec = model_with_speed(sms_model, tmp_path, 0.05 / 600)
+    sent: list[int] = []
+    path = write_jsonl(tmp_path / "in.jsonl", lines(1500))
+    job = submit_file(store, lambda _, i: sent.append(i), Settings(chunk_seconds=0.05), path, spec)
+    assert sent == [0, 1, 2]
+    assert [len(store.chunk(job, i)) for i in sent] == [600, 600, 300]
