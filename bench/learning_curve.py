@@ -29,6 +29,7 @@ the specialist, the memory, the learning, the queues and the worker are real; on
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,10 @@ class Step(BaseModel):
     promoted: bool | None = None
     """After this job: whether ``cascade learn`` promoted the new version (None: no learning)."""
     gate: str | None = None
+    calibration_calls: int = 0
+    """With ``--policy``: LLM calls of calibrating the version learned after this job (on the held-out items)."""
+    policy: str | None = None
+    """With ``--policy``: the version of the policy that routed this job (None: the fixed threshold)."""
 
     @property
     def llm_per_1000(self) -> float:
@@ -106,6 +111,12 @@ class Step(BaseModel):
 class Config(BaseModel):
     name: str
     steps: list[Step]
+    seed_calibration_calls: int = 0
+    """With ``--policy``: LLM calls of calibrating the seed version, before the first job."""
+
+    @property
+    def calibration_calls(self) -> int:
+        return self.seed_calibration_calls + sum(s.calibration_calls for s in self.steps)
 
     def accuracy(self, field: str) -> float:
         total = sum(s.items for s in self.steps)
@@ -140,6 +151,20 @@ class Repeated(BaseModel):
     cache_answers: int
 
 
+class PolicyRule(BaseModel):
+    """``--policy``: every version routes by a policy ``cascade calibrate`` certified on the held-out items."""
+
+    llm_holdout_accuracy: float
+    """All-LLM's accuracy on the held-out items (the recorded answers)."""
+    margin: float
+    target: float
+    """The policies' accuracy target: ``llm_holdout_accuracy - margin``."""
+    delta: float
+    max_escalation: float
+    llm_weight: float | None
+    """``cascade learn --llm-weight`` (None: its default)."""
+
+
 class Report(BaseModel):
     seed: int
     per_class: int
@@ -148,6 +173,7 @@ class Report(BaseModel):
     stream: int
     steps: int
     threshold: float
+    policy: PolicyRule | None = None
     memory: MemoryRule | None
     memory_note: str
     configs: list[Config]
@@ -218,15 +244,37 @@ def link(path: Path, target: Path) -> None:
     os.replace(tmp, path)
 
 
-def learn(model: Path, seed_csv: Path, jobs: list[str], out: Path, holdout_csv: Path, env: dict[str, str]) -> str:
+def learn(
+    model: Path,
+    seed_csv: Path,
+    jobs: list[str],
+    out: Path,
+    holdout_csv: Path | None,
+    env: dict[str, str],
+    weight: float | None = None,
+) -> str:
+    """`cascade learn`; with ``holdout_csv`` it also promotes the new version unless McNemar's test finds it worse."""
     command = [CASCADE, "learn", "--model", str(model), "--data", str(seed_csv), "--out", str(out)]
     command += [arg for job in jobs for arg in ("--from-job", job)]
-    command += ["--holdout", str(holdout_csv)]
+    command += ["--holdout", str(holdout_csv)] if holdout_csv is not None else []
+    command += ["--llm-weight", str(weight)] if weight is not None else []
+    return cli(command, env, "learn")
+
+
+def cli(command: list[str], env: dict[str, str], name: str) -> str:
+    """Run a `cascade` command; exit code 1 is an answer (refused, or not reachable), anything else a failure."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     text = (done.stdout + done.stderr).strip()
     if done.returncode not in (0, 1):
-        raise RuntimeError(f"cascade learn failed ({done.returncode}): {text[-2000:]}")
+        raise RuntimeError(f"cascade {name} failed ({done.returncode}): {text[-2000:]}")
     return text
+
+
+def promote(model: Path, candidate: Path, holdout_csv: Path, env: dict[str, str]) -> tuple[bool, str]:
+    """`cascade promote`: whether the link now names ``candidate`` (McNemar's test did not find it worse)."""
+    command = [CASCADE, "promote", "--model", str(model), "--candidate", str(candidate)]
+    text = cli([*command, "--holdout", str(holdout_csv)], env, "promote")
+    return model.resolve() == candidate.resolve(), text.splitlines()[-1] if text else ""
 
 
 def step_row(
@@ -262,7 +310,25 @@ class Bench:
         found = replay_outcomes(self.base)
         return round(found.get("recorded", 0.0) + found.get("off_choice", 0.0))
 
-    def job(self, data: Path, model: Path, memory: MemoryRule | None) -> tuple[list[ItemResult], int, str]:
+    def calibrate(self, model: Path, holdout_csv: Path) -> tuple[Path | None, int, str]:
+        """`cascade calibrate` a version on the held-out items, as ``--policy`` says: its policy file (None: no
+        policy meets the target), the LLM calls calibrating made, and what it said last."""
+        rule = self.policy
+        assert rule is not None
+        before = self.calls()
+        command = [CASCADE, "calibrate", "--model", str(model), "--data", str(holdout_csv), "--top-k", "0"]
+        command += ["--target-accuracy", f"{rule.target:.4f}", "--delta", str(rule.delta)]
+        command += ["--max-escalation", str(rule.max_escalation), "--json"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=self.env)
+        if done.returncode not in (0, 1):
+            raise RuntimeError(f"cascade calibrate failed ({done.returncode}): {done.stderr[-2000:]}")
+        found = json.loads(done.stdout)
+        file = found["policy_file"]
+        return (Path(file) if file else None), self.calls() - before, str(found["policy"]["message"])
+
+    def job(
+        self, data: Path, model: Path, memory: MemoryRule | None, policy: Path | None = None
+    ) -> tuple[list[ItemResult], int, str]:
         before = self.calls()
         job = labelled.submit_labelled(
             self.settings,
@@ -271,6 +337,7 @@ class Bench:
             data,
             model,
             threshold=self.args.threshold,
+            policy_file=policy,
             top_k=0,
             memory_similarity=memory.similarity if memory else None,
             memory_k=memory.k if memory else MEMORY_K,
@@ -281,6 +348,7 @@ class Bench:
 
     worker: "subprocess.Popen[bytes]"
     worker_log: Path
+    policy: PolicyRule | None = None
 
 
 def run_config(
@@ -302,17 +370,31 @@ def run_config(
     link(model, first)
     use_memory, use_learning = name in ("memory", "both"), name in ("learning", "both")
     rows, jobs = [], []
+    policy, seed_calls = None, 0
+    if bench.policy is not None:
+        policy, seed_calls, said = bench.calibrate(first, holdout_csv)
+        print(f"  {name}: seed version calibrated: {said}", file=sys.stderr, flush=True)
     for i, step in enumerate(steps):
         data = write_csv(out / f"step-{i + 1}.csv", [(r["text"], r["label"]) for r in step])
         recorded = {f"row-{j + 2}": r["llm_label"] for j, r in enumerate(step)}
         identity = specialist.load(model).sha256
-        results, calls, job_id = bench.job(data, model, memory if use_memory else None)
+        results, calls, job_id = bench.job(data, model, memory if use_memory else None, policy)
         jobs.append(job_id)
         row = step_row(i + 1, results, recorded, calls, identity)
+        row.policy = None if policy is None else policy.stem.removeprefix("policy-")
         if use_learning and i + 1 < len(steps):
-            text = learn(model, seed_csv, jobs, out / f"bank-v{i + 2}", holdout_csv, bench.env)
-            row.promoted = specialist.load(model).sha256 != identity
-            row.gate = text.splitlines()[-1] if text else ""
+            candidate = out / f"bank-v{i + 2}"
+            if bench.policy is None:
+                text = learn(model, seed_csv, jobs, candidate, holdout_csv, bench.env)
+                row.promoted = specialist.load(model).sha256 != identity
+                row.gate = text.splitlines()[-1] if text else ""
+            else:  # learn, certify a policy for the new version, then promote it unless McNemar finds it worse
+                learn(model, seed_csv, jobs, candidate, None, bench.env, bench.policy.llm_weight)
+                found, row.calibration_calls, said = bench.calibrate(candidate, holdout_csv)
+                row.promoted, row.gate = False, f"no policy meets the target: {said}"
+                if found is not None:
+                    row.promoted, row.gate = promote(model, candidate, holdout_csv, bench.env)
+                    policy = found if row.promoted else policy
         rows.append(row)
         print(
             f"  {name} step {i + 1}: {row.items} items, {row.llm_calls} LLM calls ({row.llm_per_1000:.0f}/1000), "
@@ -322,7 +404,7 @@ def run_config(
             file=sys.stderr,
             flush=True,
         )
-    return Config(name=name, steps=rows)
+    return Config(name=name, steps=rows, seed_calibration_calls=seed_calls)
 
 
 def repeated_job(bench: Bench, stream: list[dict[str, str]], seed_model: Path, rng: np.random.Generator) -> Repeated:
@@ -386,13 +468,24 @@ def run(args: argparse.Namespace) -> Report:
     client.flushdb()
     store = RedisJobStore(client, settings.job_ttl, open_parts(settings))
     bench = Bench(args, settings, store, base)
+    if args.policy:
+        llm = float(np.mean([r["llm_label"] == r["label"] for r in holdout]))
+        bench.policy = PolicyRule(
+            llm_holdout_accuracy=llm,
+            margin=args.margin,
+            target=round(llm - args.margin, 4),
+            delta=args.delta,
+            max_escalation=args.max_escalation,
+            llm_weight=args.llm_weight,
+        )
     env = {
         **bench.env,
         "CASCADE_LLM_URL": settings.llm_url,
         "CASCADE_METRICS_PORT": "0",
         "CASCADE_TOP_K": "0",
-        "CASCADE_CHUNK_SIZE": str(settings.chunk_size),
     }
+    if settings.chunk_size is not None:
+        env["CASCADE_CHUNK_SIZE"] = str(settings.chunk_size)
     answers = data_dir / "llm_answers" / "test_gpt4.csv"
     replay_cmd = [sys.executable, "-m", "bench.replay_llm", "--answers", str(answers), "--port", str(port)]
     worker_cmd = [CASCADE, "worker", "--queues", "specialist,llm", "--hostname", f"learning{os.getpid()}@%h"]
@@ -419,6 +512,7 @@ def run(args: argparse.Namespace) -> Report:
         stream=len(stream),
         steps=args.steps,
         threshold=args.threshold,
+        policy=bench.policy,
         memory=memory,
         memory_note=note,
         configs=configs,
@@ -461,6 +555,21 @@ def plot(report: Report, path: Path) -> None:
     caption_png(path, CAPTION)
 
 
+def routing(report: Report) -> str:
+    rule = report.policy
+    if rule is None:
+        return f"Escalate below confidence {report.threshold}"
+    weight = "its default" if rule.llm_weight is None else f"{rule.llm_weight:g}"
+    return (
+        f"Every version routes by a policy `cascade calibrate` certified on the held-out items: target accuracy "
+        f"{rule.target:.4f} (all-LLM's {rule.llm_holdout_accuracy:.4f} there, minus {rule.margin:g}), delta "
+        f"{rule.delta:g}, at most {rule.max_escalation:g} escalated; a learned version (`cascade learn`, LLM weight "
+        f"{weight}) is promoted only when a policy is certified for it and McNemar's test does not find it worse "
+        f"(`cascade promote`); without a certified policy, the threshold {report.threshold}. Calibration calls: the "
+        "LLM calls calibrating made on the held-out items (not in the stream's counts)"
+    )
+
+
 def markdown(report: Report) -> str:
     lines = [
         "# Learning from the LLM, and answers never bought twice (bench/learning_curve.py)",
@@ -469,14 +578,14 @@ def markdown(report: Report) -> str:
         "",
         f"Seed: {report.per_class} items per intent ({report.seed_items} items), `--features minilm`. Held out: "
         f"{report.holdout} test items. Stream: {report.stream} test items in {report.steps} jobs, fixed random "
-        f"order (seed {report.seed}). Escalate below confidence {report.threshold}; all 77 labels as candidates.",
+        f"order (seed {report.seed}). {routing(report)}; all 77 labels as candidates.",
         f"Answer memory: k={report.memory.k if report.memory else '-'}, similarity >= "
         f"{report.memory.similarity if report.memory else '-'} ({report.memory_note}).",
         "",
         "| config | LLM calls (vs plain) | per 1,000: first job | last job | last/first | first 3 jobs | "
         "last 3 jobs | last 3/first 3 | cascade acc. | all-LLM acc. | cascade - all-LLM | last job: cascade - "
-        "all-LLM | memory answers | cache answers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "all-LLM | memory answers | cache answers | calibration calls |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plain = next((c for c in report.configs if c.name == "plain"), None)
     for c in report.configs:
@@ -488,7 +597,8 @@ def markdown(report: Report) -> str:
             f"{c.fall:.2f} | {c.per_1000(c.steps[:3]):.0f} | {c.per_1000(c.steps[-3:]):.0f} | {c.fall_3:.2f} | "
             f"{cascade:.3f} | {llm:.3f} | {100 * (cascade - llm):+.1f} pt | "
             f"{100 * (last.cascade_accuracy - last.llm_accuracy):+.1f} pt | "
-            f"{sum(s.memory_answers for s in c.steps)} | {sum(s.cache_hits for s in c.steps)} |"
+            f"{sum(s.memory_answers for s in c.steps)} | {sum(s.cache_hits for s in c.steps)} | "
+            f"{c.calibration_calls} |"
         )
     for c in report.configs:
         lines += [
@@ -496,15 +606,15 @@ def markdown(report: Report) -> str:
             f"## {c.name}",
             "",
             "| job | items | LLM calls | per 1,000 | memory | cache | cascade | specialist | all-LLM | model "
-            "| promoted next |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| policy | promoted next | calibration calls |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in c.steps:
             promoted = "-" if s.promoted is None else ("yes" if s.promoted else "no")
             lines.append(
                 f"| {s.step} | {s.items} | {s.llm_calls} | {s.llm_per_1000:.0f} | {s.memory_answers} | "
                 f"{s.cache_hits} | {s.cascade_accuracy:.3f} | {s.specialist_accuracy:.3f} | {s.llm_accuracy:.3f} | "
-                f"{s.model} | {promoted} |"
+                f"{s.model} | {s.policy or '-'} | {promoted} | {s.calibration_calls} |"
             )
     if report.repeated:
         r = report.repeated
@@ -526,6 +636,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--holdout", type=int, default=580)
     parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="route every version by a policy `cascade calibrate` certifies on the held-out items (not --threshold);"
+        " a learned version is promoted only with one",
+    )
+    parser.add_argument("--margin", type=float, default=0.03, help="--policy: target = all-LLM's held-out acc. - this")
+    parser.add_argument("--delta", type=float, default=0.05, help="--policy: calibrate's delta")
+    parser.add_argument("--max-escalation", type=float, default=0.5, help="--policy: calibrate's --max-escalation")
+    parser.add_argument("--llm-weight", type=float, default=None, help="cascade learn --llm-weight (default: its own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", type=lambda s: [c for c in s.split(",") if c], default=list(CONFIGS))
     parser.add_argument("--no-repeated", action="store_true", help="skip the job with repeated texts")

@@ -12,7 +12,14 @@ from pathlib import Path
 from cascade.workers import specialist
 from cascade.workers.data import Labelled, read_labelled_csv
 from cascade.workers.errors import InputError, NotFoundError
-from cascade.workers.learning import Learned, learned_data_sha256, lineage, llm_labels, train_with_llm_labels
+from cascade.workers.learning import (
+    DEFAULT_LLM_WEIGHT,
+    Learned,
+    learned_data_sha256,
+    lineage,
+    llm_labels,
+    train_with_llm_labels,
+)
 from cascade.workers.manifest import Manifest
 from cascade.workers.storage import JobStore
 
@@ -84,7 +91,7 @@ def learn(
     data: Path,
     jobs: Sequence[str],
     out: Path,
-    weight: float = 1.0,
+    weight: float = DEFAULT_LLM_WEIGHT,
     held_out: Path | None = None,
     seed: int = 0,
 ) -> LearnOutcome:

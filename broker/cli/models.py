@@ -297,7 +297,10 @@ def learn(
         list[str], typer.Option("--from-job", help="a finished job run with the parent or an ancestor; repeatable")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="the new version's folder (must not exist)")],
-    llm_weight: Annotated[float, typer.Option(help="sample weight of an LLM-labelled item; a gold one weighs 1")] = 1.0,
+    llm_weight: Annotated[
+        float | None,
+        typer.Option(help="sample weight of an LLM-labelled item; a gold one weighs 1  [default: 0.25]"),
+    ] = None,
     holdout: Annotated[
         Path | None, typer.Option(help="held-out labelled CSV: compare with the parent, promote unless worse")
     ] = None,
@@ -308,7 +311,10 @@ def learn(
     """Train a new version on the parent's data and the LLM's answers in finished jobs; with --holdout, promote it
     when a paired test does not find it worse."""
     from cascade.broker.learn import learn as learn_from_jobs
+    from cascade.workers.learning import DEFAULT_LLM_WEIGHT
 
+    if llm_weight is None:
+        llm_weight = DEFAULT_LLM_WEIGHT
     done = learn_from_jobs(
         job_store(settings_from_env()), model, data, from_job, out_dir, weight=llm_weight, held_out=holdout, seed=seed
     )
