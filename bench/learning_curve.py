@@ -379,10 +379,13 @@ def run_config(
         recorded = {f"row-{j + 2}": r["llm_label"] for j, r in enumerate(step)}
         identity = specialist.load(model).sha256
         results, calls, job_id = bench.job(data, model, memory if use_memory else None, policy)
-        jobs.append(job_id)
+        if any(r.llm_source in (AnswerSource.LLM, AnswerSource.CACHE) for r in results):
+            jobs.append(job_id)  # `cascade learn` refuses a job without LLM answers to learn from
         row = step_row(i + 1, results, recorded, calls, identity)
         row.policy = None if policy is None else policy.stem.removeprefix("policy-")
-        if use_learning and i + 1 < len(steps):
+        if use_learning and i + 1 < len(steps) and not jobs:
+            row.promoted, row.gate = False, "no LLM answers yet to learn from"
+        elif use_learning and i + 1 < len(steps):
             candidate = out / f"bank-v{i + 2}"
             if bench.policy is None:
                 text = learn(model, seed_csv, jobs, candidate, holdout_csv, bench.env)
