@@ -258,23 +258,25 @@ def learn(
     command += [arg for job in jobs for arg in ("--from-job", job)]
     command += ["--holdout", str(holdout_csv)] if holdout_csv is not None else []
     command += ["--llm-weight", str(weight)] if weight is not None else []
-    return cli(command, env, "learn")
+    done = cli(command, env, "learn")
+    return (done.stdout + done.stderr).strip()
 
 
-def cli(command: list[str], env: dict[str, str], name: str) -> str:
+def cli(command: list[str], env: dict[str, str], name: str) -> "subprocess.CompletedProcess[str]":
     """Run a `cascade` command; exit code 1 is an answer (refused, or not reachable), anything else a failure."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    text = (done.stdout + done.stderr).strip()
     if done.returncode not in (0, 1):
+        text = (done.stdout + done.stderr).strip()
         raise RuntimeError(f"cascade {name} failed ({done.returncode}): {text[-2000:]}")
-    return text
+    return done
 
 
 def promote(model: Path, candidate: Path, holdout_csv: Path, env: dict[str, str]) -> tuple[bool, str]:
     """`cascade promote`: whether the link now names ``candidate`` (McNemar's test did not find it worse)."""
     command = [CASCADE, "promote", "--model", str(model), "--candidate", str(candidate)]
-    text = cli([*command, "--holdout", str(holdout_csv)], env, "promote")
-    return model.resolve() == candidate.resolve(), text.splitlines()[-1] if text else ""
+    done = cli([*command, "--holdout", str(holdout_csv)], env, "promote")
+    said = (done.stdout + done.stderr).strip().splitlines()
+    return model.resolve() == candidate.resolve(), said[-1] if said else ""
 
 
 def step_row(
@@ -319,10 +321,7 @@ class Bench:
         command = [CASCADE, "calibrate", "--model", str(model), "--data", str(holdout_csv), "--top-k", "0"]
         command += ["--target-accuracy", f"{rule.target:.4f}", "--delta", str(rule.delta)]
         command += ["--max-escalation", str(rule.max_escalation), "--json"]
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=self.env)
-        if done.returncode not in (0, 1):
-            raise RuntimeError(f"cascade calibrate failed ({done.returncode}): {done.stderr[-2000:]}")
-        found = json.loads(done.stdout)
+        found = json.loads(cli(command, self.env, "calibrate").stdout)
         file = found["policy_file"]
         return (Path(file) if file else None), self.calls() - before, str(found["policy"]["message"])
 

@@ -61,13 +61,6 @@ def minilm_vectors(texts: list[str], split: str) -> Any:
     return np.load(cache)
 
 
-def served(model: Pipeline, head: StackedHead, x: Any) -> Any:
-    """What a loaded specialist computes (``Specialist.predict_proba``): the features, then the stacked head."""
-    for _, step in model.steps[:-1]:
-        x = step.transform(x)
-    return head.predict_proba(x)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=100_000)
@@ -97,7 +90,7 @@ def main() -> None:
         head = StackedHead.of(model[-1])
         if head is not None:
             stacked = f"{name.removesuffix(DEFAULT)}, stacked{DEFAULT * name.endswith(DEFAULT)}"
-            ways[stacked] = partial(served, model, head)
+            ways[stacked] = partial(head.predict_pipeline, model)  # as a loaded specialist predicts
         for way, predict in ways.items():
             proba = predict(test_x)
             ok = model.classes_[proba.argmax(axis=1)] == np.asarray(test_y)

@@ -124,13 +124,10 @@ class Specialist:
             features: list[str] | NDArray[np.float32] = texts
         else:
             features = self.encoder.encode(texts) if vectors is None else vectors
-        if self.head is None:
-            proba: NDArray[np.float64] = self.pipeline.predict_proba(features)
-            return proba
-        x: Any = features
-        for _, step in self.pipeline.steps[:-1]:  # the TF-IDF features, for a ``tfidf`` model
-            x = step.transform(x)
-        return self.head.predict_proba(x)
+        if self.head is not None:
+            return self.head.predict_pipeline(self.pipeline, features)
+        proba: NDArray[np.float64] = self.pipeline.predict_proba(features)
+        return proba
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.calibration import CalibratedClassifierCV, _TemperatureScaling
+from sklearn.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,22 @@ class StackedHead:
             return None
         classes = np.asarray(getattr(classifier, "classes_", []))
         folds = [_scaled(fold, classes) for fold in getattr(classifier, "calibrated_classifiers_", [])]
-        if not folds or any(f is None for f in folds):
+        scaled = [f for f in folds if f is not None]
+        if not scaled or len(scaled) != len(folds):
             return None
-        weights = [f[0] for f in folds if f is not None]
         return cls(
-            weights=np.ascontiguousarray(np.vstack(weights).T, dtype=np.float32),
-            intercepts=np.concatenate([f[1] for f in folds if f is not None]).astype(np.float32),
-            folds=len(folds),
+            weights=np.ascontiguousarray(np.vstack([w for w, _ in scaled]).T, dtype=np.float32),
+            intercepts=np.concatenate([b for _, b in scaled]).astype(np.float32),
+            folds=len(scaled),
             binary=len(classes) == 2,
         )
+
+    def predict_pipeline(self, pipeline: Pipeline, x: Any) -> NDArray[np.float64]:
+        """What ``pipeline`` (whose last step this head stands for) predicts for ``x``: its earlier steps (the TF-IDF
+        features, for a ``tfidf`` model) transform ``x``, then this head predicts."""
+        for _, step in pipeline.steps[:-1]:
+            x = step.transform(x)
+        return self.predict_proba(x)
 
     def predict_proba(self, features: Any) -> NDArray[np.float64]:
         """Class probabilities of ``features`` (a sparse or dense matrix, as the head's input): the mean over folds

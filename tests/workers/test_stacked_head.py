@@ -18,10 +18,7 @@ from tests.conftest import dataset
 def stacked_proba(pipeline: Pipeline, features: object) -> np.ndarray:
     head = StackedHead.of(pipeline.steps[-1][1])
     assert head is not None
-    x = features
-    for _, step in pipeline.steps[:-1]:
-        x = step.transform(x)
-    return head.predict_proba(x)
+    return head.predict_pipeline(pipeline, features)
 
 
 @pytest.mark.parametrize("name", ["banking77", "sms_spam"])
