@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, TypeAdapter
 
 from cascade.broker import blobs
+from cascade.workers.blocks import SpecialistAnswers
 from cascade.workers.errors import StorageError
 from cascade.workers.items import ItemError, ItemResult
 
@@ -83,10 +84,13 @@ class PartStore:
     ) -> Part:
         """Write one chunk's files (records in line order), under names of this attempt only; not yet visible."""
         attempt = uuid.uuid4().hex[:12]
-        results = sorted(results, key=lambda r: r.line)
+        if isinstance(results, SpecialistAnswers):  # in line order, written from its columns
+            data = results.jsonl()
+        else:
+            data = _jsonl(sorted(results, key=lambda r: r.line))
         errors = sorted(errors, key=lambda e: e.line)
         return Part(
-            results=self._put(job_id, index, attempt, "results.jsonl", _jsonl(results), len(results)),
+            results=self._put(job_id, index, attempt, "results.jsonl", data, len(results)),
             errors=self._put(job_id, index, attempt, "errors.jsonl", _jsonl(errors), len(errors)),
             texts=self._put(job_id, index, attempt, "texts.json", _TEXTS.dump_json(texts), len(texts)),
         )

@@ -24,6 +24,8 @@ from pydantic import TypeAdapter
 from cascade.broker import connections, keys, scripts
 from cascade.broker.keys import JobKeys
 from cascade.broker.results import Part, PartStore
+from cascade.workers.blocks import SpecialistAnswers, grouped
+from cascade.workers.columns import ItemColumns
 from cascade.workers.errors import JobError, NotFoundError, StorageError
 from cascade.workers.items import AnswerSource, Item, ItemError, ItemResult
 from cascade.workers.jobs import INTERIM, Counts, JobSpec, JobStats, JobStatus, JobView, TierStats
@@ -242,16 +244,20 @@ class RedisJobStore:
     # --- intake -------------------------------------------------------------------------------------------
 
     def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None:
+        """Stored as columns (``ItemColumns``): a worker reads thousands of items without one object each."""
         k = JobKeys(job_id)
         with self.redis.pipeline() as pipe:
-            # Fields left at None (no label, no context) are not stored: a chunk of plain lines stays small.
-            pipe.set(k.chunk(index), _ITEMS.dump_json(list(items), exclude_none=True), ex=self.job_ttl)
+            pipe.set(k.chunk(index), ItemColumns.of(items).dump_json(), ex=self.job_ttl)
             pipe.hsetnx(k.job, f"left:{index}", len(items))  # stored again by an intake delivered twice: the same
             pipe.execute()
 
-    def chunk(self, job_id: str, index: int) -> list[Item]:
+    def chunk(self, job_id: str, index: int) -> ItemColumns:
         raw = self.redis.get(JobKeys(job_id).chunk(index))
-        return [] if raw is None else _ITEMS.validate_json(raw)
+        if raw is None:
+            return ItemColumns.of([])
+        if raw.startswith(b"[") if isinstance(raw, bytes) else raw.startswith("["):  # stored before an upgrade
+            return ItemColumns.of(_ITEMS.validate_json(raw))
+        return ItemColumns.load_json(raw)
 
     def chunk_count(self, job_id: str) -> int:
         return int(self.redis.hget(JobKeys(job_id).job, "chunks") or 0)
@@ -324,7 +330,8 @@ class RedisJobStore:
         errors: Sequence[ItemError] = (),
         whole: bool = False,
     ) -> Recorded:
-        if whole and not any(r.llm_label is not None for r in results):  # no texts to keep: straight to a part
+        # No texts to keep (no LLM answer, as in a chunk's specialist answers): straight to a part.
+        if whole and (isinstance(results, SpecialistAnswers) or not any(r.llm_label is not None for r in results)):
             committed = self._write_whole(job_id, chunk, results, errors)
             if committed is not None:
                 return committed
@@ -360,8 +367,8 @@ class RedisJobStore:
             log.warning("chunk %d of job %s goes to Redis: %s", chunk, job_id, e)
             return None
         bumps: Counter[str] = Counter()
-        for result in results:
-            bumps.update(_bumps(result))
+        for result, n in grouped(results):  # records that count alike, counted once each
+            bumps.update({name: value * n for name, value in _bumps(result).items()})
         for error in errors:
             bumps.update(_bumps(error))
         size = len(results) + len(errors)
@@ -374,7 +381,7 @@ class RedisJobStore:
             return None
         if outcome == 0:
             return Recorded([], [], finished=False)
-        return Recorded(list(results), list(errors), finished=self._try_finish(job_id))
+        return Recorded(results, list(errors), finished=self._try_finish(job_id))
 
     def _try_finish(self, job_id: str) -> bool:
         k = JobKeys(job_id)
@@ -401,7 +408,7 @@ class RedisJobStore:
         items = self.chunk(job_id, chunk)
         if not items or self.redis.hexists(k.parts, str(chunk)):
             return False
-        ids = [i.custom_id for i in items]
+        ids = items.custom_id
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(k.results, ids)
             pipe.hmget(k.errors, ids)
@@ -410,7 +417,7 @@ class RedisJobStore:
             return False
         results = [ItemResult.model_validate_json(r) for r in raw_results if r is not None]
         errors = [ItemError.model_validate_json(e) for e in raw_errors if e is not None]
-        text = {i.custom_id: i.text for i in items}
+        text = dict(zip(items.custom_id, items.text, strict=True))
         texts = {r.custom_id: text[r.custom_id] for r in results if r.llm_label is not None}
         part = self.parts.write(job_id, chunk, results, errors, texts)
         args = _args(chunk=chunk, part=part.model_dump_json(), ids=ids, ttl=self.job_ttl)
@@ -427,7 +434,7 @@ class RedisJobStore:
             yield chunk, committed.get(chunk)
 
     def _in_redis(self, job_id: str, chunk: int, key: str) -> list[str]:
-        ids = [i.custom_id for i in self.chunk(job_id, chunk)]
+        ids = self.chunk(job_id, chunk).custom_id
         return [str(r) for r in self.redis.hmget(key, ids) if r is not None] if ids else []
 
     def iter_results(self, job_id: str) -> Iterator[ItemResult]:
@@ -458,7 +465,8 @@ class RedisJobStore:
             if part is not None:
                 texts = self.parts.texts(part)
             else:
-                texts = {i.custom_id: i.text for i in self.chunk(job_id, chunk)}
+                items = self.chunk(job_id, chunk)
+                texts = dict(zip(items.custom_id, items.text, strict=True))
             found.update((c, t) for c, t in texts.items() if c in wanted)
         return found
 

@@ -9,6 +9,7 @@ from prometheus_client import Histogram
 
 from cascade.monitoring import metrics
 from cascade.workers.answers import CacheResult
+from cascade.workers.blocks import SpecialistAnswers, grouped
 from cascade.workers.items import AnswerSource, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec
 
@@ -31,7 +32,10 @@ def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
 
 
 def _labelled(results: Sequence[ItemResult]) -> None:
-    counted = Counter((r.tier.value, str(r.correct).lower()) for r in results if r.correct is not None)
+    counted: Counter[tuple[str, str]] = Counter()
+    for r, n in grouped(results):
+        if r.correct is not None:
+            counted[r.tier.value, str(r.correct).lower()] += n
     for (tier, correct), n in counted.items():
         metrics.LABELLED.labels(tier=tier, correct=correct).inc(n)
 
@@ -41,15 +45,18 @@ def specialist_chunk(
 ) -> None:
     """A specialist chunk: its new final answers, and the items it newly sent to the LLM (route, confidence)."""
     items: Counter[tuple[str, str]] = Counter()  # counted first: one update per label set, not per item
-    for r in results:
+    for r, n in grouped(results):
         if r.llm_source is AnswerSource.MEMORY:  # escalated, and answered by the answer memory
-            items.update([("specialist", "escalated"), ("llm", "answered")])
-            metrics.LLM_CACHE.labels(result=CacheResult.MEMORY.value).inc()
+            items.update({("specialist", "escalated"): n, ("llm", "answered"): n})
+            metrics.LLM_CACHE.labels(result=CacheResult.MEMORY.value).inc(n)
             continue
-        items["specialist", "abstained" if r.tier is Tier.ABSTAIN else "answered"] += 1
+        items["specialist", "abstained" if r.tier is Tier.ABSTAIN else "answered"] += n
     for (tier, outcome), n in items.items():
         metrics.ITEMS.labels(tier=tier, outcome=outcome).inc(n)
-    observe_all(metrics.CONFIDENCE, [r.specialist_confidence for r in results] + [c for _, c in sent])
+    confidences = (
+        results.confidence if isinstance(results, SpecialistAnswers) else [r.specialist_confidence for r in results]
+    )
+    observe_all(metrics.CONFIDENCE, [*confidences, *(c for _, c in sent)])
     for route, _ in sent:
         if route is Route.ESCALATE:
             metrics.ITEMS.labels(tier="specialist", outcome="escalated").inc()

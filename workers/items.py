@@ -4,6 +4,7 @@ Every valid input line becomes an ``Item``; the escalation rule gives it a ``Rou
 record, an ``ItemResult`` (the results file) or an ``ItemError`` (the error file, with an ``ErrorCode``).
 """
 
+from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
@@ -100,10 +101,10 @@ class Message(BaseModel):
     content: str
 
 
-class Item(BaseModel):
-    """One valid input line."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One valid input line (checked by the intake, so built without validation: a million lines a second and
+    more)."""
 
     custom_id: str
     text: str

@@ -129,7 +129,7 @@ def missing_chunks(store: JobStore, job_id: str) -> list[int]:
     return [
         index
         for index in range(store.chunk_count(job_id))
-        if store.unrecorded(job_id, index, [i.custom_id for i in store.chunk(job_id, index)])
+        if store.unrecorded(job_id, index, store.chunk(job_id, index).custom_id)
     ]
 
 
@@ -138,7 +138,7 @@ def _intake_reach(store: JobStore, view: JobView) -> tuple[int, int]:
     not sent) and the input line up to which every line has its place (an item in a stored chunk, or a refusal)."""
     unsent = store.chunk(view.id, view.chunks_sent)
     if unsent:
-        return view.chunks_sent + 1, max(view.lines_read, unsent[-1].line)
+        return view.chunks_sent + 1, max(view.lines_read, unsent.line[-1])
     return view.chunks_sent, view.lines_read
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cascade.workers.answers import CachedAnswer, Claim
+from cascade.workers.columns import ItemColumns
 from cascade.workers.errors import NotFoundError
 from cascade.workers.items import AnswerSource, Item, ItemError, ItemResult
 from cascade.workers.jobs import INTERIM, Counts, JobSpec, JobStats, JobStatus, JobView, TierStats
@@ -124,8 +125,8 @@ class MemoryJobStore:
     def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None:
         self._job(job_id).items[index] = list(items)
 
-    def chunk(self, job_id: str, index: int) -> list[Item]:
-        return list(self._job(job_id).items.get(index, []))
+    def chunk(self, job_id: str, index: int) -> ItemColumns:
+        return ItemColumns.of(self._job(job_id).items.get(index, []))
 
     def chunk_count(self, job_id: str) -> int:
         return self._job(job_id).chunks

@@ -17,36 +17,16 @@ from numpy.typing import NDArray
 from cascade.monitoring import metrics
 from cascade.workers import instrument, lifecycle
 from cascade.workers.answers import AnswerCache, CacheResult, Claiming, Question, Resolution, answer_key, resolve
+from cascade.workers.blocks import SpecialistAnswers, is_correct
+from cascade.workers.columns import ItemColumns
 from cascade.workers.errors import LLMError
 from cascade.workers.items import AnswerSource, ErrorCode, Escalation, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, OnLLMError
 from cascade.workers.llm import LLMAnswer, LLMClient, estimate_tokens
-from cascade.workers.policy import by_value, route, route_with_policy, within_budget
+from cascade.workers.policy import by_value, route_with_policy, routes, within_budget
 from cascade.workers.recall import AnswerMemory, MemoryRule, Recalled, pack
 from cascade.workers.specialist import Specialist, top_candidates
 from cascade.workers.storage import JobStore
-
-
-def _correct(label: str, gold: str | None) -> bool | None:
-    return None if gold is None else label == gold
-
-
-def specialist_result(
-    item: Item, label: str, confidence: float, route: Route = Route.ACCEPT, budget_limited: bool = False
-) -> ItemResult:
-    return ItemResult(
-        custom_id=item.custom_id,
-        line=item.line,
-        label=label,
-        confidence=confidence,
-        tier=Tier.ABSTAIN if route is Route.ABSTAIN else Tier.SPECIALIST,
-        route=route,
-        specialist_label=label,
-        specialist_confidence=confidence,
-        budget_limited=budget_limited,
-        gold=item.label,
-        correct=_correct(label, item.label),
-    )
 
 
 def llm_result(esc: Escalation, answer: LLMAnswer, source: AnswerSource = AnswerSource.LLM) -> ItemResult:
@@ -73,7 +53,7 @@ def llm_result(esc: Escalation, answer: LLMAnswer, source: AnswerSource = Answer
         llm_completion_tokens=answer.completion_tokens if bought else None,
         sampling_probability=esc.sampling_probability,
         gold=esc.gold,
-        correct=_correct(label, esc.gold),
+        correct=is_correct(label, esc.gold),
     )
 
 
@@ -103,7 +83,7 @@ def llm_failure(esc: Escalation, error: LLMError, on_error: OnLLMError) -> ItemR
         llm_error_kind=error.kind,
         sampling_probability=esc.sampling_probability,
         gold=esc.gold,
-        correct=_correct(esc.specialist_label, esc.gold),
+        correct=is_correct(esc.specialist_label, esc.gold),
     )
 
 
@@ -126,7 +106,7 @@ def memory_result(item: Item, label: str, confidence: float, candidates: list[st
         llm_label=recalled.label,
         llm_source=AnswerSource.MEMORY,
         gold=item.label,
-        correct=_correct(recalled.label, item.label),
+        correct=is_correct(recalled.label, item.label),
     )
 
 
@@ -140,52 +120,61 @@ def memory_rule(spec: JobSpec) -> MemoryRule | None:
 
 
 @dataclass(frozen=True)
-class Decision:
-    item: Item
-    label: str
-    confidence: float
-    route: Route
-    row: NDArray[np.float64]
-    vector: NDArray[np.float32] | None = None
+class Decisions:
+    """The specialist's answers on a chunk and the rule's route for each, as columns (index ``i``: item ``i``)."""
+
+    items: ItemColumns
+    label: list[str]
+    confidence: list[float]
+    route: list[Route]
+    proba: NDArray[np.float64]
+    vectors: NDArray[np.float32] | None = None
+
+    def wanting_llm(self) -> list[int]:
+        """The items the rule sends to the LLM, to answer (escalate) or to measure (explore)."""
+        return [i for i, r in enumerate(self.route) if r is Route.ESCALATE or r is Route.EXPLORE]
 
 
-def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> list[Decision]:
+def decide(items: Sequence[Item], specialist: Specialist, spec: JobSpec) -> Decisions:
     """Run the specialist on a chunk and let the rule route every item."""
-    if not items:
-        return []
-    labels = specialist.labels
-    texts = [i.text for i in items]
-    vectors = specialist.embed(texts)
-    proba = specialist.predict_proba(texts, vectors)
+    chunk = ItemColumns.of(items)
+    labels = np.asarray(specialist.labels, dtype=object)
+    if not chunk:
+        return Decisions(chunk, [], [], [], np.zeros((0, len(labels))))
+    vectors = specialist.embed(chunk.text)
+    proba = specialist.predict_proba(chunk.text, vectors)
     best = proba.argmax(axis=1)
-    confidences: list[float] = proba[np.arange(len(items)), best].tolist()
-    decisions = []
-    for n, (item, b, confidence) in enumerate(zip(items, best.tolist(), confidences, strict=True)):
-        label = labels[b]
-        if spec.policy is not None:
-            chosen = route_with_policy(spec.policy, item.custom_id, label, confidence)
-        else:
-            chosen = route(confidence, spec.threshold)
-        decisions.append(Decision(item, label, confidence, chosen, proba[n], None if vectors is None else vectors[n]))
-    return decisions
+    confidences = proba[np.arange(len(chunk)), best]
+    label: list[str] = labels[best].tolist()
+    confidence: list[float] = confidences.tolist()
+    if spec.policy is not None:
+        policy = spec.policy
+        chosen = [
+            route_with_policy(policy, c, lab, conf)
+            for c, lab, conf in zip(chunk.custom_id, label, confidence, strict=True)
+        ]
+    else:
+        chosen = routes(confidences, spec.threshold)
+    return Decisions(chunk, label, confidence, chosen, proba, vectors)
 
 
 def recall(
-    decisions: Sequence[Decision], candidates: dict[int, list[str]], spec: JobSpec, memory: AnswerMemory | None
+    decisions: Decisions, candidates: dict[int, list[str]], spec: JobSpec, memory: AnswerMemory | None
 ) -> dict[int, Recalled]:
     """Indices (into ``decisions``) of the escalated items the answer memory answers, with its answers: the
     neighbours agree, are similar enough, and their label is among the item's ``candidates``. An item with its own
     messages (a system prompt, earlier turns) is never answered from memory: its neighbours were answered without
     them."""
     rule = memory_rule(spec)
-    wanted = [
-        i
-        for i, d in enumerate(decisions)
-        if d.route is Route.ESCALATE and d.vector is not None and d.item.context is None
-    ]
-    if rule is None or memory is None or not wanted:
+    if rule is None or memory is None or decisions.vectors is None:
         return {}
-    found = memory.lookup(np.stack([decisions[i].vector for i in wanted]), rule)  # type: ignore[misc]
+    contexts = decisions.items.context
+    wanted = [
+        i for i, r in enumerate(decisions.route) if r is Route.ESCALATE and (contexts is None or contexts[i] is None)
+    ]
+    if not wanted:
+        return {}
+    found = memory.lookup(decisions.vectors[wanted], rule)
     return {
         i: recalled
         for i, recalled in zip(wanted, found, strict=True)
@@ -193,29 +182,41 @@ def recall(
     }
 
 
-def _budgeted(decisions: list[Decision], spec: JobSpec, reserve: Reserve | None, skip: Sequence[int] = ()) -> set[int]:
+def _budgeted(decisions: Decisions, spec: JobSpec, reserve: Reserve | None, skip: Sequence[int] = ()) -> set[int]:
     """Indices (into ``decisions``) of the escalations the budget keeps: best expected gain per cost first.
     ``skip``: escalated items answered otherwise (the answer memory), which cost nothing."""
-    wanted = [i for i, d in enumerate(decisions) if d.route is Route.ESCALATE and i not in skip]
+    wanted = [i for i, r in enumerate(decisions.route) if r is Route.ESCALATE and i not in skip]
     if spec.max_escalation is None and spec.max_llm_cost is None:
         return set(wanted)
     policy = spec.policy
-    gains = [
-        policy.gain(decisions[i].label, decisions[i].confidence) if policy else 1.0 - decisions[i].confidence
-        for i in wanted
-    ]
+    label, confidence, items = decisions.label, decisions.confidence, decisions.items
+    gains = [policy.gain(label[i], confidence[i]) if policy else 1.0 - confidence[i] for i in wanted]
     costs = [
-        estimate_tokens(decisions[i].item.text, spec.top_k, decisions[i].item.context or ()) * spec.usd_per_llm_token
+        estimate_tokens(items.text[i], spec.top_k, (items.context[i] if items.context else None) or ())
+        * spec.usd_per_llm_token
         for i in wanted
     ]
     max_items = len(wanted)
     if spec.max_escalation is not None:
-        max_items = math.floor(spec.max_escalation * len(decisions))
+        max_items = math.floor(spec.max_escalation * len(items))
     kept = within_budget(gains, costs, max_items, math.inf)
     if spec.max_llm_cost is not None and reserve is not None:
         kept = [kept[i] for i in by_value([gains[k] for k in kept], [costs[k] for k in kept])]
         kept = kept[: reserve([costs[k] for k in kept])]
     return {wanted[k] for k in kept}
+
+
+def _final(decisions: Decisions, budget_limited: Sequence[int] = ()) -> SpecialistAnswers:
+    """The chunk's items whose specialist answer is final, as they are when nothing from the chunk goes on (every
+    route accept or abstain; ``budget_limited``: escalations the budget kept with the specialist)."""
+    limited = [False] * len(decisions.items)
+    routes_ = list(decisions.route)
+    for i in budget_limited:
+        limited[i], routes_[i] = True, Route.ACCEPT
+    items = decisions.items
+    return SpecialistAnswers(
+        items.custom_id, items.line, items.labels, decisions.label, decisions.confidence, routes_, limited
+    )
 
 
 def split_chunk(
@@ -224,43 +225,48 @@ def split_chunk(
     spec: JobSpec,
     reserve: Reserve | None = None,
     memory: AnswerMemory | None = None,
-) -> tuple[list[ItemResult], list[Escalation]]:
+) -> tuple[Sequence[ItemResult], list[Escalation]]:
     """Run the specialist on a chunk; the rule, the answer memory and the budget split it into final answers and
-    escalations. ``memory``: the answer memory as of the chunk's start (with a ``minilm`` specialist)."""
+    escalations. ``memory``: the answer memory as of the chunk's start (with a ``minilm`` specialist). When nothing
+    goes on from the chunk, its answers come as columns (``SpecialistAnswers``)."""
     decisions = decide(items, specialist, spec)
+    wanting = decisions.wanting_llm()
+    if not wanting:  # the common chunk: every answer is the specialist's
+        return _final(decisions), []
     candidates = {  # the LLM's choices of every item that may reach it
-        i: top_candidates(d.row, specialist.labels, spec.top_k)
-        for i, d in enumerate(decisions)
-        if d.route in (Route.ESCALATE, Route.EXPLORE)
+        i: top_candidates(decisions.proba[i], specialist.labels, spec.top_k) for i in wanting
     }
     recalled = recall(decisions, candidates, spec, memory)
     allowed = _budgeted(decisions, spec, reserve, skip=list(recalled))
     explore_p = spec.policy.explore_rate if spec.policy else None
+    answers = _final(decisions, [i for i in wanting if decisions.route[i] is Route.ESCALATE and i not in allowed])
     accepted: list[ItemResult] = []
     escalated: list[Escalation] = []
-    for i, d in enumerate(decisions):
+    chunk, vectors = decisions.items, decisions.vectors
+    for i, (label, confidence, chosen) in enumerate(
+        zip(decisions.label, decisions.confidence, decisions.route, strict=True)
+    ):
         if i in recalled:
-            accepted.append(memory_result(d.item, d.label, d.confidence, candidates[i], recalled[i]))
-        elif d.route is Route.EXPLORE or (d.route is Route.ESCALATE and i in allowed):
+            accepted.append(memory_result(chunk[i], label, confidence, candidates[i], recalled[i]))
+        elif chosen is Route.EXPLORE or (chosen is Route.ESCALATE and i in allowed):
+            item = chunk[i]
             escalated.append(
                 Escalation(
-                    custom_id=d.item.custom_id,
-                    line=d.item.line,
-                    text=d.item.text,
-                    gold=d.item.label,
-                    specialist_label=d.label,
-                    specialist_confidence=d.confidence,
+                    custom_id=item.custom_id,
+                    line=item.line,
+                    text=item.text,
+                    gold=item.label,
+                    specialist_label=label,
+                    specialist_confidence=confidence,
                     candidates=candidates[i],
-                    route=d.route,
-                    sampling_probability=explore_p if d.route is Route.EXPLORE else None,
-                    vector=None if d.vector is None else pack(d.vector),
-                    context=d.item.context,
+                    route=chosen,
+                    sampling_probability=explore_p if chosen is Route.EXPLORE else None,
+                    vector=None if vectors is None else pack(vectors[i]),
+                    context=item.context,
                 )
             )
-        elif d.route is Route.ESCALATE:
-            accepted.append(specialist_result(d.item, d.label, d.confidence, Route.ACCEPT, budget_limited=True))
         else:
-            accepted.append(specialist_result(d.item, d.label, d.confidence, d.route))
+            accepted.append(answers[i])
     return accepted, escalated
 
 

@@ -27,11 +27,19 @@ GLOBAL = "*"
 """Key of the escalated bands that apply to every class (a global policy)."""
 
 
-def route(confidence: float, threshold: float) -> Route:
-    """Escalate an item whose specialist confidence is below ``threshold`` (0 escalates nothing, 1 all)."""
+def routes(confidences: Sequence[float] | NDArray[np.float64], threshold: float) -> list[Route]:
+    """Escalate the items whose specialist confidence is below ``threshold`` (0 escalates nothing, 1 all)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], not {threshold}")
-    return Route.ESCALATE if confidence < threshold or threshold == 1.0 else Route.ACCEPT
+    escalated = np.asarray(confidences, dtype=np.float64) < threshold
+    if threshold == 1.0:
+        escalated[:] = True
+    return [Route.ESCALATE if e else Route.ACCEPT for e in escalated.tolist()]
+
+
+def route(confidence: float, threshold: float) -> Route:
+    """One item's ``routes``."""
+    return routes([confidence], threshold)[0]
 
 
 class Band(BaseModel):

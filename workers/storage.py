@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from cascade.workers.columns import ItemColumns
 from cascade.workers.items import Item, ItemError, ItemResult
 from cascade.workers.jobs import JobSpec, JobStats, JobStatus, JobView
 
@@ -23,7 +24,7 @@ from cascade.workers.jobs import JobSpec, JobStats, JobStatus, JobView
 class Recorded:
     """What one ``record`` call wrote: only records new in the store (a chunk that runs again writes none)."""
 
-    results: list[ItemResult]
+    results: Sequence[ItemResult]
     errors: list[ItemError]
     finished: bool
     """This call completed the job (true for exactly one call per job)."""
@@ -71,8 +72,9 @@ class JobStore(Protocol):
     # --- intake ---
     def put_chunk(self, job_id: str, index: int, items: Sequence[Item]) -> None: ...
 
-    def chunk(self, job_id: str, index: int) -> list[Item]:
-        """The chunk's items while any has no record; none once the chunk was committed, or its keys expired."""
+    def chunk(self, job_id: str, index: int) -> ItemColumns:
+        """The chunk's items (as columns) while any has no record; none once the chunk was committed, or its keys
+        expired."""
         ...
 
     def chunk_count(self, job_id: str) -> int: ...

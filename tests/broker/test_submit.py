@@ -133,7 +133,7 @@ def test_nul_characters_round_trip_through_the_redis_store(store: RedisJobStore)
     item = Item(custom_id="n\x00ul", text="before\x00after", line=1, label="spam\x00")
     assert store.claim_ids(job, [item]) == [True]
     store.put_chunk(job, 0, [item])
-    assert store.chunk(job, 0) == [item]
+    assert list(store.chunk(job, 0)) == [item]
     store.finish_intake(job, total=1, chunks=1)
     result = ItemResult(
         custom_id=item.custom_id,

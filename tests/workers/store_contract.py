@@ -6,6 +6,7 @@ Subclassed with a ``store`` fixture by ``tests/workers/test_memory_store.py`` (i
 
 import pytest
 
+from cascade.workers.blocks import SpecialistAnswers
 from cascade.workers.errors import NotFoundError
 from cascade.workers.items import AnswerSource, ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
@@ -76,11 +77,11 @@ class StoreContract:
 
     def test_chunks_round_trip_and_outlive_the_job_for_cascade_learn(self, store: JobStore) -> None:
         job = running_job(store, 3)
-        assert store.chunk(job, 0) == items(3)
-        assert store.chunk(job, 7) == []
+        assert list(store.chunk(job, 0)) == items(3)
+        assert list(store.chunk(job, 7)) == []
         assert store.chunk_count(job) == 1
         store.end(job, JobStatus.FAILED, error="why")
-        assert store.chunk(job, 0) == items(3)  # the texts of its items, until the job's keys expire
+        assert list(store.chunk(job, 0)) == items(3)  # the texts of its items, until the job's keys expire
         assert store.get(job).error == "why"
 
     def test_records_are_written_once_and_counted_once(self, store: JobStore) -> None:
@@ -98,6 +99,28 @@ class StoreContract:
         assert {r.custom_id: r.label for r in store.iter_results(job)} == {"c0": "a", "c1": "b", "c2": "a"}
         stats = store.stats(job).tiers["specialist"]
         assert (stats.answered, stats.labelled, stats.correct, stats.specialist_correct) == (3, 3, 2, 3)
+
+    def test_a_chunks_specialist_answers_as_columns_count_as_their_records(self, store: JobStore) -> None:
+        answers = SpecialistAnswers(
+            custom_id=["c0", "c1", "c2", "c3"],
+            line=[1, 2, 3, 4],
+            gold=["a", "b", None, "a"],
+            label=["a", "a", "b", "a"],
+            confidence=[0.9, 0.6, 0.7, 0.2],
+            route=[Route.ACCEPT, Route.ACCEPT, Route.ACCEPT, Route.ABSTAIN],
+            budget_limited=[False, True, False, False],
+        )
+        by_columns, one_by_one = running_job(store, 4), running_job(store, 4)
+        recorded = store.record(by_columns, 0, results=answers, whole=True)
+        assert list(recorded.results) == list(answers)
+        assert recorded.finished
+        store.record(one_by_one, 0, results=list(answers))
+        assert list(store.iter_results(by_columns)) == list(store.iter_results(one_by_one)) == list(answers)
+        assert store.stats(by_columns) == store.stats(one_by_one)
+        assert store.get(by_columns).counts == store.get(one_by_one).counts
+        # A chunk that runs again writes and counts nothing.
+        assert list(store.record(by_columns, 0, results=answers, whole=True).results) == []
+        assert store.stats(by_columns) == store.stats(one_by_one)
 
     def test_an_item_is_never_in_both_results_and_errors(self, store: JobStore) -> None:
         job = running_job(store, 2)
