@@ -1,6 +1,6 @@
 """Input validation: each JSONL line becomes an ``Item`` or an ``ItemError`` naming its line and field.
 
-Pure: no Redis, no Celery. Duplicate ``custom_id``s are found by the job store (``claim_ids``), so that
+Pure: no Redis, no Celery. Duplicate ``custom_id``s are found on local disk (``claims.IdClaims``), so that
 the memory of reading a file does not grow with its length; ``duplicate`` makes their error.
 
 ``Intake.parse`` is total: whatever a line holds, it returns an item or an error, and quickly. Each line is

@@ -105,11 +105,7 @@ class JobKeys:
         are in the result store, no longer in ``results`` and ``errors``."""
         return self.job + ":parts"
 
-    @property
-    def ids(self) -> str:
-        """Hash: custom_id -> line of its first valid line, to refuse duplicates, until the intake ends."""
-        return self.job + ":ids"
-
     def chunk(self, index: int) -> str:
-        """String: JSON list of the items of one chunk, until the chunk is committed to the result store."""
+        """String: the items of one chunk as columns (``ItemColumns`` JSON), until the chunk is committed to the
+        result store."""
         return f"{self.job}:chunk:{index}"

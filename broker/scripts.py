@@ -157,15 +157,13 @@ return 1
 """
 )
 
-# KEYS: job, ids, the status index. ARGV[1]: {"total", "chunks", "now", "id", "index"}. The intake has read the
-# whole input: its duplicate-id claims are dropped (a reading delivered again starts from line 1 and claims anew).
-# Returns an IntakeOutcome: 'started' (the job runs), 'empty' (no valid line), 'sweep' (the job was asked to end
-# while its input was read: its sweep is due now) or 'ended'.
+# KEYS: job, the status index. ARGV[1]: {"total", "chunks", "now", "id", "index"}. The intake has read the
+# whole input. Returns an IntakeOutcome: 'started' (the job runs), 'empty' (no valid line), 'sweep' (the job was
+# asked to end while its input was read: its sweep is due now) or 'ended'.
 INTAKE_DONE = (
     _INDEX
     + """
 local args = cjson.decode(ARGV[1])
-redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'total', args.total, 'chunks', args.chunks)
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'validating' then
@@ -203,22 +201,6 @@ if redis.call('HEXISTS', KEYS[1], 'total') == 1 then return 'sweep' end
 return 'later'
 """
 )
-
-# KEYS: ids. ARGV[1]: {"ttl", "ids": [...], "lines": [...]}. Claims each custom_id for its line unless an earlier
-# line has it; returns the (1-based) positions of the duplicates. Reading the same lines again gives the same
-# answer.
-CLAIM = """
-local args = cjson.decode(ARGV[1])
-local duplicates = {}
-for pos, id in ipairs(args.ids) do
-  local line = tostring(args.lines[pos])
-  if redis.call('HSETNX', KEYS[1], id, line) == 0 and redis.call('HGET', KEYS[1], id) ~= line then
-    table.insert(duplicates, pos)
-  end
-end
-redis.call('EXPIRE', KEYS[1], args.ttl)
-return duplicates
-"""
 
 # KEYS: owners, the owner's set. ARGV[1]: {"owner"}. Forgets an owner whose set is gone (its jobs all expired); in
 # one step, so that a job created meanwhile keeps its owner listed.

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     chunk_seconds: float = Field(default=0.05, gt=0)
     """Prediction time per specialist task that an unset ``chunk_size`` aims at: long enough that a task's fixed
     costs (its Redis round trips, Celery's delivery, its part file) stay a few percent of it."""
+    intake_ahead: int = Field(default=200_000, ge=0)
+    """Items an intake may store ahead of the workers (in chunks not yet done); it then waits for them, so that Redis
+    holds about this many items' texts per job however long its input (~30 MB here). 0: no limit (the whole input is
+    stored as fast as it is read)."""
+    intake_patience: float = Field(default=60.0, gt=0)
+    """Seconds an intake waits for the workers to finish one more of its job's chunks before it stops waiting and
+    stores the rest of its input at once: workers too busy to take its chunks (the intake's own slot among them)
+    never stall it."""
     dispatch_depth: int = Field(default=8, ge=1)
     """Specialist chunks that may wait in the Celery queue; the rest wait in the fair queue (``broker/fair.py``),
     which hands them out round-robin across owners. Deeper: idle workers wait less for a dispatch; shallower: a new

@@ -97,7 +97,6 @@ class RedisJobStore:
         self._reserve = client.register_script(scripts.RESERVE)
         self._intake_done = client.register_script(scripts.INTAKE_DONE)
         self._request_end = client.register_script(scripts.REQUEST_END)
-        self._claim = client.register_script(scripts.CLAIM)
         self._drop_owner = client.register_script(scripts.DROP_OWNER)
 
     @classmethod
@@ -262,6 +261,10 @@ class RedisJobStore:
     def chunk_count(self, job_id: str) -> int:
         return int(self.redis.hget(JobKeys(job_id).job, "chunks") or 0)
 
+    def chunks_done(self, job_id: str) -> int:
+        """The chunks committed to the result store (a chunk the result store refused stays in Redis, not done)."""
+        return int(self.redis.hlen(JobKeys(job_id).parts))
+
     def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
         if not errors:
             return
@@ -274,16 +277,6 @@ class RedisJobStore:
     def invalid_count(self, job_id: str) -> int:
         return int(self.redis.hlen(JobKeys(job_id).invalid))
 
-    def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
-        """Kept in Redis, not in the reading process's memory, so reading a file of millions of lines takes the
-        memory of a small one."""
-        if not items:
-            return []
-        args = _args(ttl=self.job_ttl, ids=[i.custom_id for i in items], lines=[i.line for i in items])
-        duplicates = cast(list[int], self._claim(keys=[JobKeys(job_id).ids], args=[args]))
-        taken = {int(i) - 1 for i in duplicates}
-        return [i not in taken for i in range(len(items))]
-
     def chunks_sent(self, job_id: str) -> int:
         return int(self.redis.hget(JobKeys(job_id).job, "chunks_sent") or 0)
 
@@ -293,9 +286,8 @@ class RedisJobStore:
         self.redis.hset(JobKeys(job_id).job, mapping=progress)
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
-        """Also drops the intake's duplicate-id claims, in the same step."""
         k = JobKeys(job_id)
-        names, index = _indexed(job_id, k.job, k.ids)
+        names, index = _indexed(job_id, k.job)
         args = _args(total=total, chunks=chunks, now=repr(time.time()), **index)
         outcome = IntakeOutcome(str(self._intake_done(keys=names, args=[args])))
         if outcome is IntakeOutcome.STARTED:
@@ -494,8 +486,6 @@ class RedisJobStore:
         changed = cast(int, self._end(keys=names, args=[args]))
         if changed == -1:
             raise NotFoundError(f"no job {job_id!r}")
-        if changed:  # a job that ended before its intake did (its input could not be read) drops its claims here
-            self.redis.delete(JobKeys(job_id).ids)
         return bool(changed)
 
     # --- the reaper's view ---------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """Submission: stream an input file into a job, chunk by chunk, and enqueue each chunk as it is stored."""
 
 import codecs
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cascade.broker.claims import IdClaims
 from cascade.broker.intake import Intake, duplicate
 from cascade.broker.settings import Settings
 from cascade.workers import lifecycle
@@ -18,6 +22,7 @@ from cascade.workers.policy import load_policy
 from cascade.workers.prompts import DEFAULT_PROMPT, Prompt, check_labels, load_prompt
 from cascade.workers.storage import JobStore
 
+log = logging.getLogger(__name__)
 Enqueue = Callable[[str, int], None]
 """Sends chunk ``index`` of job ``job_id`` to the specialist queue."""
 
@@ -53,11 +58,43 @@ def _skip_line(f: IO[bytes]) -> int:
     return size + len(rest)
 
 
+@dataclass
+class Pace:
+    """How far an intake may run ahead of the workers: at most ``ahead`` chunks stored and not yet done; waiting at
+    most ``patience`` seconds for one more to be done, and not past ``until`` (``time.monotonic``), after which
+    it stops waiting for good (a Celery task must end before its visibility timeout)."""
+
+    ahead: int | None
+    patience: float
+    until: float
+    poll: float = 0.05
+
+    @classmethod
+    def of(cls, settings: Settings, size: int) -> "Pace":
+        ahead = max(1, settings.intake_ahead // size) if settings.intake_ahead else None
+        return cls(ahead, settings.intake_patience, time.monotonic() + settings.visibility_timeout / 2)
+
+    def wait(self, store: JobStore, job_id: str, stored: int) -> None:
+        """Before storing chunk ``stored``: wait while ``ahead`` chunks or more wait for the workers."""
+        if self.ahead is None:
+            return
+        done, since = store.chunks_done(job_id), time.monotonic()
+        while stored - done >= self.ahead and store.status(job_id).accepts_work:
+            now = time.monotonic()
+            if now - since > self.patience or now > self.until:
+                log.warning("job %s: its workers keep no pace with its intake; the rest of it is stored now", job_id)
+                self.ahead = None
+                return
+            time.sleep(self.poll)
+            if (now_done := store.chunks_done(job_id)) > done:
+                done, since = now_done, time.monotonic()
+
+
 class _Chunker:
     """Writes a job's chunks and refused lines as they come, and enqueues each chunk once."""
 
-    def __init__(self, store: JobStore, enqueue: Enqueue, job_id: str) -> None:
-        self.store, self.enqueue, self.job_id = store, enqueue, job_id
+    def __init__(self, store: JobStore, enqueue: Enqueue, job_id: str, pace: Pace, claims: IdClaims) -> None:
+        self.store, self.enqueue, self.job_id, self.pace, self.claims = store, enqueue, job_id, pace, claims
         self.sent = store.chunks_sent(job_id)  # an intake that runs again skips these
         self.chunks = 0
         self.refused: list[ItemError] = []
@@ -72,7 +109,7 @@ class _Chunker:
         self.refused = []
 
     def add(self, items: list[Item]) -> None:
-        owns = self.store.claim_ids(self.job_id, items)
+        owns = self.claims.claim(items)
         for item, own in zip(items, owns, strict=True):
             if not own:
                 self.refuse(duplicate(item))
@@ -80,6 +117,7 @@ class _Chunker:
         if not kept:
             return
         if self.chunks >= self.sent:
+            self.pace.wait(self.store, self.job_id, self.chunks)
             self.flush_refused()  # every line up to the chunk's last has its place once the chunk is stored
             self.store.put_chunk(self.job_id, self.chunks, kept)
             # A job asked to end meanwhile gets its chunks stored (its sweep reads them) but not enqueued.
@@ -139,22 +177,23 @@ def submit_file(
         job_id = create_job(store, settings, spec)
     elif store.status(job_id).is_final:  # an intake delivered again after its job ended
         return job_id
-    chunker = _Chunker(store, enqueue, job_id)
     size = chunk_size(settings, spec)
     chunk: list[Item] = []
     total = 0
     intake = Intake(settings.max_text_chars, settings.max_id_chars, models=settings.llm_models(spec.llm_model))
-    for parsed in parse_file(path, intake):
-        total += 1
-        if isinstance(parsed, ItemError):
-            chunker.refuse(parsed)
-            continue
-        chunk.append(parsed)
-        if len(chunk) >= size:
-            chunker.add(chunk)
-            chunk = []
-    chunker.add(chunk)
-    chunker.flush_refused()
+    with IdClaims() as claims:
+        chunker = _Chunker(store, enqueue, job_id, Pace.of(settings, size), claims)
+        for parsed in parse_file(path, intake):
+            total += 1
+            if isinstance(parsed, ItemError):
+                chunker.refuse(parsed)
+                continue
+            chunk.append(parsed)
+            if len(chunk) >= size:
+                chunker.add(chunk)
+                chunk = []
+        chunker.add(chunk)
+        chunker.flush_refused()
     lifecycle.intake_finished(store, sweep, job_id, total, chunker.chunks)
     return job_id
 

@@ -108,20 +108,33 @@ class SpecialistAnswers(Sequence[ItemResult]):
     def jsonl(self) -> bytes:
         """The part file of these records: what ``results._jsonl`` writes of them (fields at their defaults left
         out), written from the columns."""
+        # What repeats is written once: each label's JSON, each route's tier and route.
         labels = {label: _quote(label) for label in set(self.label)}
+        routes = {
+            route: f'"tier":"{"abstain" if route is Route.ABSTAIN else "specialist"}","route":"{route.value}"'
+            for route in set(self.route)
+        }
         lines: list[str] = []
         add = lines.append
+        if not any(self.budget_limited) and all(gold is None for gold in self.gold):  # the common chunk
+            for custom_id, line, label, confidence, route in zip(
+                self.custom_id, self.line, self.label, self.confidence, self.route, strict=True
+            ):
+                quoted, c = labels[label], repr(confidence)
+                add(
+                    f'{{"custom_id":{_quote(custom_id)},"line":{line},"label":{quoted},"confidence":{c},'
+                    f'{routes[route]},"specialist_label":{quoted},"specialist_confidence":{c}}}\n'
+                )
+            return "".join(lines).encode()
         columns = (self.custom_id, self.line, self.gold, self.label, self.confidence, self.route, self.budget_limited)
         for custom_id, line, gold, label, confidence, route, limited in zip(*columns, strict=True):
-            tier = "abstain" if route is Route.ABSTAIN else "specialist"
             quoted, c = labels[label], repr(confidence)
             tail = ',"budget_limited":true' if limited else ""
             if gold is not None:
                 tail += f',"gold":{_quote(gold)},"correct":{"true" if gold == label else "false"}'
             add(
                 f'{{"custom_id":{_quote(custom_id)},"line":{line},"label":{quoted},"confidence":{c},'
-                f'"tier":"{tier}","route":"{route.value}","specialist_label":{quoted},"specialist_confidence":{c}'
-                f"{tail}}}\n"
+                f'{routes[route]},"specialist_label":{quoted},"specialist_confidence":{c}{tail}}}\n'
             )
         return "".join(lines).encode()
 

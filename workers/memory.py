@@ -39,7 +39,6 @@ class _Job:
     budget_taken: dict[int, int] = field(default_factory=dict)
     items: dict[int, list[Item]] = field(default_factory=dict)
     invalid: dict[int, ItemError] = field(default_factory=dict)
-    ids: dict[str, int] = field(default_factory=dict)
     results: dict[str, ItemResult] = field(default_factory=dict)
     errors: dict[str, ItemError] = field(default_factory=dict)
     chunk_of: dict[str, int] = field(default_factory=dict)
@@ -131,15 +130,16 @@ class MemoryJobStore:
     def chunk_count(self, job_id: str) -> int:
         return self._job(job_id).chunks
 
+    def chunks_done(self, job_id: str) -> int:
+        job = self._job(job_id)
+        recorded = job.results.keys() | job.errors.keys()
+        return sum(all(i.custom_id in recorded for i in items) for items in job.items.values())
+
     def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
         self._job(job_id).invalid.update({e.line: e for e in errors})
 
     def invalid_count(self, job_id: str) -> int:
         return len(self._job(job_id).invalid)
-
-    def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
-        ids = self._job(job_id).ids
-        return [ids.setdefault(item.custom_id, item.line) == item.line for item in items]
 
     def chunks_sent(self, job_id: str) -> int:
         return self._job(job_id).chunks_sent
@@ -151,7 +151,6 @@ class MemoryJobStore:
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
         job = self._job(job_id)
         job.total, job.chunks = total, chunks
-        job.ids.clear()  # the intake's duplicate-id claims end with it
         if job.status is JobStatus.VALIDATING:
             if chunks == 0:
                 return IntakeOutcome.EMPTY

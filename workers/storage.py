@@ -79,17 +79,15 @@ class JobStore(Protocol):
 
     def chunk_count(self, job_id: str) -> int: ...
 
+    def chunks_done(self, job_id: str) -> int:
+        """How many of the job's stored chunks have a record for every item (the intake paces itself by it)."""
+        ...
+
     def put_invalid(self, job_id: str, errors: Sequence[ItemError]) -> None:
         """Lines refused at intake, keyed by line number."""
         ...
 
     def invalid_count(self, job_id: str) -> int: ...
-
-    def claim_ids(self, job_id: str, items: Sequence[Item]) -> list[bool]:
-        """For each item, whether its ``custom_id`` is its own (first seen on its line) or a duplicate. Reading
-        the same lines again gives the same answers. The claims last until ``finish_intake``, which drops them: a
-        reading that starts again after it reads from line 1 and claims anew, with the same answers."""
-        ...
 
     def chunks_sent(self, job_id: str) -> int:
         """How many chunks the intake has already stored and enqueued (an intake that runs again skips them)."""
@@ -101,8 +99,7 @@ class JobStore(Protocol):
         ...
 
     def finish_intake(self, job_id: str, total: int, chunks: int) -> IntakeOutcome:
-        """Record how many lines and chunks the job has; a validating job with chunks starts running. The intake's
-        duplicate-id claims (``claim_ids``) are dropped."""
+        """Record how many lines and chunks the job has; a validating job with chunks starts running."""
         ...
 
     # --- records ---

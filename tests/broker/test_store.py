@@ -26,7 +26,6 @@ def test_every_key_of_a_job_expires(settings: Settings, redis_db: redis.Redis) -
     store = RedisJobStore(redis_db, job_ttl=120, parts=open_parts(settings))
     job = store.create(SPEC, owner="team-a")
     store.put_chunk(job, 0, items(3))
-    store.claim_ids(job, items(3))
     store.put_invalid(job, [error(None, 4)])
     store.finish_intake(job, total=4, chunks=1)
     store.mark_sent(job, 0, ["c0"], ["c1"])
@@ -36,19 +35,6 @@ def test_every_key_of_a_job_expires(settings: Settings, redis_db: redis.Redis) -
     assert all(0 < int(redis_db.ttl(k)) <= 120 for k in job_keys), {k: redis_db.ttl(k) for k in job_keys}
     assert store.record(job, 0, results=[result("c1", 2)]).finished  # the chunk is committed: its commit record
     assert 0 < int(redis_db.ttl(JobKeys(job).parts)) <= 120
-
-
-def test_the_duplicate_claims_are_dropped_when_the_intake_ends(store: RedisJobStore, redis_db: redis.Redis) -> None:
-    job = store.create(SPEC)
-    store.claim_ids(job, items(3))
-    assert redis_db.exists(JobKeys(job).ids)
-    store.put_chunk(job, 0, items(3))
-    store.finish_intake(job, total=3, chunks=1)
-    assert not redis_db.exists(JobKeys(job).ids)  # at the intake's end, not the job's
-    assert store.status(job) is JobStatus.IN_PROGRESS
-    store.claim_ids(job, items(3))  # an intake delivered again claims anew ...
-    store.finish_intake(job, total=3, chunks=1)
-    assert not redis_db.exists(JobKeys(job).ids)  # ... and drops its claims too
 
 
 def test_jobs_are_counted_by_status_from_the_index(store: RedisJobStore) -> None:

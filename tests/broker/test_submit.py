@@ -2,16 +2,21 @@
 and files of hostile lines."""
 
 import json
+import queue
 import shutil
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from cascade.broker.claims import IdClaims
 from cascade.broker.intake import Intake
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.broker.submit import CHUNK_SIZES, PROMPT_FILE, build_spec, chunk_size, parse_file, submit_file
+from cascade.workers.blocks import specialist_result
 from cascade.workers.errors import InputError
 from cascade.workers.items import ErrorCode, Item, ItemError, ItemResult, Route, Tier
 from cascade.workers.jobs import JobSpec, JobStatus
@@ -131,7 +136,8 @@ def test_a_line_over_the_byte_limit_is_refused_and_the_next_keeps_its_number(tmp
 def test_nul_characters_round_trip_through_the_redis_store(store: RedisJobStore) -> None:
     job = store.create(SPEC)
     item = Item(custom_id="n\x00ul", text="before\x00after", line=1, label="spam\x00")
-    assert store.claim_ids(job, [item]) == [True]
+    with IdClaims() as claims:
+        assert claims.claim([item, Item(custom_id=item.custom_id, text="t", line=2)]) == [True, False]
     store.put_chunk(job, 0, [item])
     assert list(store.chunk(job, 0)) == [item]
     store.finish_intake(job, total=1, chunks=1)
@@ -299,3 +305,55 @@ def test_a_trained_model_records_its_speed_and_its_jobs_chunks_follow_it(
     job = submit_file(store, lambda _, i: sent.append(i), Settings(chunk_seconds=0.05), path, spec)
     assert sent == [0, 1, 2]
     assert [len(store.chunk(job, i)) for i in sent] == [600, 600, 300]
+
+
+def _answer_chunks(store: RedisJobStore, job: str, work: "queue.Queue[int | None]") -> None:
+    """A worker that answers each chunk it is sent, a little slower than the intake stores them."""
+    while (index := work.get()) is not None:
+        time.sleep(0.02)
+        items = store.chunk(job, index)
+        results = [specialist_result(i.custom_id, i.line, None, "a", 0.9) for i in items]
+        store.record(job, index, results=results, whole=True)
+
+
+def test_the_intake_stores_at_most_intake_ahead_items_ahead_of_the_workers(
+    store: RedisJobStore, tmp_path: Path
+) -> None:
+    settings = Settings(chunk_size=10, intake_ahead=30)  # three chunks ahead at most
+    job = store.create(SPEC)
+    ahead: list[int] = []
+    put_chunk = store.put_chunk
+
+    def measured(job_id: str, index: int, items: Sequence[Item]) -> None:
+        ahead.append(index - store.chunks_done(job_id))  # chunks stored and not done, this one included
+        put_chunk(job_id, index, items)
+
+    store.put_chunk = measured  # type: ignore[method-assign]
+    work: queue.Queue[int | None] = queue.Queue()
+    worker = threading.Thread(target=_answer_chunks, args=(store, job, work))
+    worker.start()
+    try:
+        submit_file(
+            store, lambda _, i: work.put(i), settings, write_jsonl(tmp_path / "in.jsonl", lines(200)), SPEC, job
+        )
+    finally:
+        work.put(None)
+        worker.join()
+    assert len(ahead) == 20
+    assert max(ahead) == 2, "chunk n is stored once chunk n - 3 is done, not before"
+    assert store.get(job).counts.completed == 200
+
+
+def test_an_intake_whose_chunks_nobody_takes_stops_waiting_after_its_patience(
+    store: RedisJobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(chunk_size=10, intake_ahead=20, intake_patience=0.3)
+    sent: list[int] = []
+    start = time.monotonic()
+    job = submit_file(
+        store, lambda _, i: sent.append(i), settings, write_jsonl(tmp_path / "in.jsonl", lines(100)), SPEC
+    )
+    assert sent == list(range(10))  # every chunk stored and sent: the workers are away
+    assert 0.3 < time.monotonic() - start < 10  # it waited once, its patience, then no more
+    assert store.get(job).status is JobStatus.IN_PROGRESS
+    assert "keep no pace with its intake" in caplog.text

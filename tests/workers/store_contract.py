@@ -212,23 +212,6 @@ class StoreContract:
         assert not store.request_end(due, JobStatus.CANCELLED)
         assert store.ending(due) is None
 
-    def test_claims_find_duplicates_the_same_way_twice(self, store: JobStore) -> None:
-        job = store.create(SPEC)
-        batch = [*items(2), Item(custom_id="c0", text="t", line=3)]
-        assert store.claim_ids(job, batch) == [True, True, False]
-        assert store.claim_ids(job, batch) == [True, True, False]  # read again after a crash
-        assert store.claim_ids(job, []) == []
-
-    def test_claims_hold_through_the_intake_and_end_with_it(self, store: JobStore) -> None:
-        job = store.create(SPEC)
-        again = Item(custom_id="c0", text="t", line=3)
-        assert store.claim_ids(job, items(2)) == [True, True]
-        assert store.claim_ids(job, [again]) == [False]  # a later call of the same intake still sees line 1's claim
-        store.put_chunk(job, 0, items(2))
-        assert store.finish_intake(job, total=3, chunks=1) is IntakeOutcome.STARTED
-        # the claims were dropped; a reading delivered again starts from line 1 and gets the same answers
-        assert store.claim_ids(job, [*items(2), again]) == [True, True, False]
-
     def test_intake_progress_is_remembered(self, store: JobStore) -> None:
         job = store.create(SPEC)
         assert store.chunks_sent(job) == 0

@@ -2,7 +2,10 @@
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from cascade.workers import specialist
 from cascade.workers.blocks import SpecialistAnswers, grouped, specialist_result
@@ -24,14 +27,18 @@ ANSWERS = SpecialistAnswers(
 )
 
 
-def test_the_part_file_reads_back_as_the_records() -> None:
-    records = list(ANSWERS)
-    assert [ItemResult.model_validate_json(line) for line in ANSWERS.jsonl().splitlines()] == records
+UNLABELLED = replace(ANSWERS, gold=[None] * len(ANSWERS), budget_limited=[False] * len(ANSWERS))
+
+
+@pytest.mark.parametrize("answers", [ANSWERS, UNLABELLED])
+def test_the_part_file_reads_back_as_the_records(answers: SpecialistAnswers) -> None:
+    records = list(answers)
+    assert [ItemResult.model_validate_json(line) for line in answers.jsonl().splitlines()] == records
     assert records[2].tier is Tier.ABSTAIN
-    assert records[1].budget_limited
-    assert records[4].correct is False
+    assert records[1].budget_limited is (answers is ANSWERS)
+    assert records[4].correct is (False if answers is ANSWERS else None)
     # Fields at their defaults are left out, as the part files of records one by one leave them out.
-    for line, record in zip(ANSWERS.jsonl().splitlines(), records, strict=True):
+    for line, record in zip(answers.jsonl().splitlines(), records, strict=True):
         assert set(json.loads(line)) == set(record.model_dump(exclude_defaults=True))
 
 
