@@ -138,7 +138,8 @@ def run(n: int, model_dir: Path, ttl: int) -> tuple[float, float, float, int]:
         if batch.status != "completed" or counts is None or counts.completed != n or batch.output_file_id is None:
             raise SystemExit(f"batch did not complete every line: {batch}")
         kept = used(client_redis) - baseline
-        lines = sum(1 for _ in client.files.content(batch.output_file_id).iter_lines())
+        with client.files.with_streaming_response.content(batch.output_file_id) as response:  # not held whole
+            lines = sum(1 for _ in response.iter_lines())
         if lines != n:
             raise SystemExit(f"the output file has {lines} lines, not {n}")
         print(

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -281,14 +281,34 @@ class JSONLResponse(StreamingResponse):
     media_type = "application/jsonl"
 
 
+BLOCK_BYTES = 1 << 16
+"""What a streamed file's lines are gathered into: each block is one hand-off from the thread that reads the
+records to the event loop that sends them, which per line cost more than the line (~8,000 lines/s)."""
+
+
+def in_blocks(lines: Iterable[str | bytes]) -> Iterator[bytes]:
+    """``lines`` (or chunks of a file) joined into blocks of at least ``BLOCK_BYTES``, in order."""
+    block: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line.encode() if isinstance(line, str) else line
+        block.append(data)
+        size += len(data)
+        if size >= BLOCK_BYTES:
+            yield b"".join(block)
+            block, size = [], 0
+    if block:
+        yield b"".join(block)
+
+
 @router.get("/files/{file_id}/content", response_class=JSONLResponse, responses=NOT_FOUND)
 def file_content(ctx: Ctx, owner: Owner, file_id: str) -> JSONLResponse:
     if file_objects.is_batch_file(file_id):
-        return JSONLResponse(file_objects.batch_file_lines(ctx.store, file_id, owner))
+        return JSONLResponse(in_blocks(file_objects.batch_file_lines(ctx.store, file_id, owner)))
     ctx.files.get(file_id, owner)
     if not ctx.files.exists(file_id):  # its metadata outlived it (removed by hand, or another files store)
         raise NotFoundError(f"no file {file_id!r}: its content is gone")
-    return JSONLResponse(ctx.files.content(file_id))
+    return JSONLResponse(ctx.files.content(file_id))  # read in blocks of a MiB already
 
 
 @router.post("/batches", responses=NOT_FOUND)

@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types import Batch
 
+from cascade.broker.api import BLOCK_BYTES, in_blocks
 from cascade.broker.openapi import window_pattern
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
@@ -490,3 +491,12 @@ def test_a_full_disk_is_a_507_that_leaves_nothing_behind_and_uploads_work_again(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_streamed_files_lines_go_out_in_order_in_blocks_of_at_least_64_kib() -> None:
+    lines = [f'{{"line": {n}, "pad": "{"x" * (n % 300)}"}}\n' for n in range(5000)]
+    blocks = list(in_blocks(lines))
+    assert b"".join(blocks) == "".join(lines).encode()
+    assert len(blocks) > 1
+    assert all(len(b) >= BLOCK_BYTES for b in blocks[:-1])
+    assert list(in_blocks([])) == []
