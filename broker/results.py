@@ -49,7 +49,12 @@ class Part(BaseModel, frozen=True):
     """custom_id -> text of the items whose result has an LLM label, for ``cascade learn``."""
 
     def files(self) -> list[PartFile]:
-        return [f for f in (self.results, self.errors, self.texts) if f is not None]
+        return list(self.by_kind().values())
+
+    def by_kind(self) -> dict[str, PartFile]:
+        """Its files by field name (results, errors, texts), the absent ones left out."""
+        found = {"results": self.results, "errors": self.errors, "texts": self.texts}
+        return {kind: f for kind, f in found.items() if f is not None}
 
 
 def _jsonl(records: Sequence[ItemResult] | Sequence[ItemError]) -> bytes:
@@ -64,10 +69,13 @@ class PartStore:
     def __init__(self, fs: "AbstractFileSystem", root: str) -> None:
         self.fs, self.root = fs, root.rstrip("/")
 
+    def _folder(self, job_id: str) -> str:
+        return f"{self.root}/{job_id}/"
+
     def _put(self, job_id: str, index: int, attempt: str, kind: str, data: bytes, records: int) -> PartFile | None:
         if not records:
             return None
-        path = f"{self.root}/{job_id}/{index:07d}-{attempt}.{kind}"
+        path = f"{self._folder(job_id)}{index:07d}-{attempt}.{kind}"
         try:
             self.fs.pipe_file(path, data)
         except Exception as e:  # fsspec's backends raise their own (OSError, botocore's, aiohttp's)
@@ -123,6 +131,22 @@ class PartStore:
         """Delete the files of a commit that lost (another attempt committed the chunk first)."""
         for f in part.files():
             self.fs.rm_file(f.path)
+
+    def record(self, job_id: str, part: Part) -> str:
+        """The commit record as Redis keeps it (one per chunk, for as long as the job): its files named within the
+        job's folder, absent ones left out, ~40% of the whole record."""
+        folder = self._folder(job_id)
+        named = {kind: f.model_copy(update={"path": f.path.removeprefix(folder)}) for kind, f in part.by_kind().items()}
+        return Part.model_validate(named).model_dump_json(exclude_none=True)
+
+    def read_record(self, job_id: str, raw: str | bytes) -> Part:
+        """A commit record kept by ``record`` (or, before it, with whole paths), with its files' whole paths."""
+        folder, part = self._folder(job_id), Part.model_validate_json(raw)
+        whole = {
+            kind: f if "/" in f.path else f.model_copy(update={"path": folder + f.path})
+            for kind, f in part.by_kind().items()
+        }
+        return Part.model_validate(whole)
 
     def delete_job(self, job_id: str) -> None:
         """Delete every part of a job (its TTL passed), committed or not."""

@@ -364,7 +364,7 @@ class RedisJobStore:
         for error in errors:
             bumps.update(_bumps(error))
         size = len(results) + len(errors)
-        part_json, now = part.model_dump_json(), repr(time.time())
+        part_json, now = self.parts.record(job_id, part), repr(time.time())
         args = _args(chunk=chunk, part=part_json, size=size, bumps=bumps, now=now, ttl=self.job_ttl)
         outcome = int(self._commit_whole(keys=[k.job, k.parts, k.chunk(chunk)], args=[args]))
         if outcome != 1:
@@ -412,7 +412,7 @@ class RedisJobStore:
         text = dict(zip(items.custom_id, items.text, strict=True))
         texts = {r.custom_id: text[r.custom_id] for r in results if r.llm_label is not None}
         part = self.parts.write(job_id, chunk, results, errors, texts)
-        args = _args(chunk=chunk, part=part.model_dump_json(), ids=ids, ttl=self.job_ttl)
+        args = _args(chunk=chunk, part=self.parts.record(job_id, part), ids=ids, ttl=self.job_ttl)
         if self._commit(keys=[k.job, k.results, k.errors, k.parts, k.chunk(chunk)], args=[args]):
             return True
         self.parts.discard(part)
@@ -421,7 +421,7 @@ class RedisJobStore:
     def _chunks(self, job_id: str) -> Iterator[tuple[int, Part | None]]:
         """Each chunk of the job in order, with its commit record, or None while it is in flight (in Redis)."""
         raw = self.redis.hgetall(JobKeys(job_id).parts)
-        committed = {int(i): Part.model_validate_json(p) for i, p in raw.items()}
+        committed = {int(i): self.parts.read_record(job_id, p) for i, p in raw.items()}
         for chunk in range(self.chunk_count(job_id)):
             yield chunk, committed.get(chunk)
 

@@ -54,6 +54,19 @@ def test_a_part_round_trips_in_line_order(where: Settings) -> None:
     assert not any(parts.fs.exists(f.path) for f in part.files())
 
 
+def test_a_commit_record_names_its_files_within_the_jobs_folder(where: Settings) -> None:
+    parts = open_parts(where)
+    part = parts.write("batch_y", 7, [result("c0", 1)], [error("c1", 2)], {})
+    kept = parts.record("batch_y", part)
+    assert parts.read_record("batch_y", kept) == part
+    assert len(kept) < len(part.model_dump_json())  # one per chunk, kept as long as the job
+    assert "batch_y" not in kept
+    assert "null" not in kept
+    assert parts.results(parts.read_record("batch_y", kept)) == [result("c0", 1)]
+    # A record kept whole, before: read as it is.
+    assert parts.read_record("batch_y", part.model_dump_json()) == part
+
+
 def _damage(parts: PartStore, part: Part, data: bytes) -> None:
     assert part.results is not None
     parts.fs.pipe_file(part.results.path, data)
@@ -168,7 +181,7 @@ def test_expired_jobs_leave_the_result_store(where: Settings, redis_db: redis.Re
     short = RedisJobStore(redis_db, 1, parts)
     job = running_job(short, 1)
     short.record(job, 0, results=[result("c0", 1)])
-    (part,) = [Part.model_validate_json(p) for p in redis_db.hvals(JobKeys(job).parts)]
+    (part,) = [parts.read_record(job, p) for p in redis_db.hvals(JobKeys(job).parts)]
     assert all(parts.fs.exists(f.path) for f in part.files())
     redis_db.delete(JobKeys(job).job)  # as when its keys expire
     assert RedisJobStore(redis_db, 60, parts).trim() == 1
