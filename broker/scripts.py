@@ -57,9 +57,10 @@ return added
 """
 
 # KEYS: job, parts, the chunk. ARGV[1]: {"chunk", "part" (its commit record, JSON), "size", "bumps" (the sum of its
-# records' bumps), "now", "ttl"}. Commits a chunk whose every record was written to its part at once (the records
-# never enter Redis): only when the chunk has no record yet (returns 1), not when it is committed already (0) or
-# has records in Redis (-1: they are to be written one by one, and the part's files deleted).
+# records' bumps), "now", "ttl", "done" (the job's fields of the chunk that its commit drops)}. Commits a chunk whose
+# every record was written to its part at once (the records never enter Redis): only when the chunk has no record
+# yet (returns 1), not when it is committed already (0) or has records in Redis (-1: they are to be written one by
+# one, and the part's files deleted).
 COMMIT_WHOLE = """
 local args = cjson.decode(ARGV[1])
 if redis.call('HEXISTS', KEYS[2], tostring(args.chunk)) == 1 then return 0 end
@@ -71,7 +72,7 @@ redis.call('EXPIRE', KEYS[2], args.ttl)
 for name, n in pairs(args.bumps) do
   if n ~= 0 then redis.call('HINCRBY', KEYS[1], name, n) end
 end
-redis.call('HDEL', KEYS[1], field)
+redis.call('HDEL', KEYS[1], unpack(args.done))
 redis.call('HSET', KEYS[1], 'progress_at', args.now)
 redis.call('DEL', KEYS[3])
 return 1
@@ -87,7 +88,8 @@ redis.call('HINCRBY', KEYS[1], 'explored', args.explored)
 return 1
 """
 
-# KEYS: job, results, errors, parts, the chunk. ARGV[1]: {"chunk", "part" (its commit record, JSON), "ids", "ttl"}.
+# KEYS: job, results, errors, parts, the chunk. ARGV[1]: {"chunk", "part" (its commit record, JSON), "ids", "ttl",
+# "done" (the job's fields of the chunk that its commit drops)}.
 # Commits a chunk whose every item has its record: the first commit wins (returns 1; a later one returns 0 and its
 # files are to be deleted); its records and items leave Redis.
 COMMIT = """
@@ -99,7 +101,7 @@ for _, id in ipairs(args.ids) do
   redis.call('HDEL', KEYS[3], id)
 end
 redis.call('DEL', KEYS[5])
-redis.call('HDEL', KEYS[1], 'left:' .. args.chunk)
+redis.call('HDEL', KEYS[1], unpack(args.done))
 return 1
 """
 

@@ -29,7 +29,7 @@ from cascade.workers.columns import ItemColumns
 from cascade.workers.errors import JobError, NotFoundError, StorageError
 from cascade.workers.items import AnswerSource, Item, ItemError, ItemResult
 from cascade.workers.jobs import INTERIM, Counts, JobSpec, JobStats, JobStatus, JobView, TierStats
-from cascade.workers.storage import IntakeOutcome, Recorded
+from cascade.workers.storage import IntakeOutcome, Recorded, chunk_task
 
 log = logging.getLogger(__name__)
 _ITEMS = TypeAdapter(list[Item])
@@ -72,6 +72,14 @@ def _bumps(r: ItemResult | ItemError) -> dict[str, int]:
     if r.llm_source is AnswerSource.CACHE:
         bumps["llm_cache_hits"] = 1
     return bumps
+
+
+def _done(chunk: int) -> list[str]:
+    """The job's fields of a chunk in flight, dropped when it commits: a job keeps nothing per chunk but its commit
+    record. Its items left to record, whether it has counted its items sent to the LLM (``scripts.MARK_SENT``),
+    and its tasks' deliveries (``count_delivery``): a committed chunk delivered again records and counts nothing."""
+    tasks = [f"deliveries:{chunk_task(tier, chunk)}" for tier in ("specialist", "llm")]
+    return [f"left:{chunk}", f"sent:{chunk}", *tasks]
 
 
 def _record(r: ItemResult | ItemError) -> dict[str, object]:
@@ -365,7 +373,7 @@ class RedisJobStore:
             bumps.update(_bumps(error))
         size = len(results) + len(errors)
         part_json, now = self.parts.record(job_id, part), repr(time.time())
-        args = _args(chunk=chunk, part=part_json, size=size, bumps=bumps, now=now, ttl=self.job_ttl)
+        args = _args(chunk=chunk, part=part_json, size=size, bumps=bumps, now=now, ttl=self.job_ttl, done=_done(chunk))
         outcome = int(self._commit_whole(keys=[k.job, k.parts, k.chunk(chunk)], args=[args]))
         if outcome != 1:
             self.parts.discard(part)
@@ -412,7 +420,7 @@ class RedisJobStore:
         text = dict(zip(items.custom_id, items.text, strict=True))
         texts = {r.custom_id: text[r.custom_id] for r in results if r.llm_label is not None}
         part = self.parts.write(job_id, chunk, results, errors, texts)
-        args = _args(chunk=chunk, part=self.parts.record(job_id, part), ids=ids, ttl=self.job_ttl)
+        args = _args(chunk=chunk, part=self.parts.record(job_id, part), ids=ids, ttl=self.job_ttl, done=_done(chunk))
         if self._commit(keys=[k.job, k.results, k.errors, k.parts, k.chunk(chunk)], args=[args]):
             return True
         self.parts.discard(part)

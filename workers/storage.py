@@ -30,6 +30,11 @@ class Recorded:
     """This call completed the job (true for exactly one call per job)."""
 
 
+def chunk_task(tier: str, chunk: int) -> str:
+    """The name a chunk's task is counted by (``JobStore.count_delivery``): ``specialist:3``, ``llm:3``."""
+    return f"{tier}:{chunk}"
+
+
 class IntakeOutcome(str, Enum):
     """What ``finish_intake`` found once the whole input was read."""
 

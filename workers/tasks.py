@@ -39,7 +39,7 @@ from cascade.workers.llm import LLMAnswer, LLMClient
 from cascade.workers.manifest import read_manifest
 from cascade.workers.pipeline import fail_escalations, memory_rule, run_llm_chunk, run_specialist_chunk
 from cascade.workers.recall import AnswerMemory, Remembered, memory_name
-from cascade.workers.storage import JobStore
+from cascade.workers.storage import JobStore, chunk_task
 
 # Redis unreachable (redis-py's errors; kombu's OperationalError when a task sends another one).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
@@ -238,7 +238,7 @@ def _guarded_specialist_chunk(job_id: str, index: int, sent_at: float | None) ->
     settings = _settings()
     store = _store(settings.redis_url, settings.job_ttl)
     lifecycle.expire_if_due(store, _sweep, job_id)
-    delivered = _over_delivered(store, job_id, f"specialist:{index}", settings.max_deliveries)
+    delivered = _over_delivered(store, job_id, chunk_task("specialist", index), settings.max_deliveries)
     if delivered is not None:
         message = f"the chunk was started {delivered} times without finishing (CASCADE_MAX_DELIVERIES)"
         lifecycle.fail_chunk(store, job_id, index, ErrorCode.DELIVERY_LIMIT, message)
@@ -276,7 +276,7 @@ def llm_chunk(job_id: str, escalations: list[dict[str, Any]], sent_at: float | N
     store = _store(settings.redis_url, settings.job_ttl)
     lifecycle.expire_if_due(store, _sweep, job_id)  # a job whose specialist chunks are all done still expires
     items = [Escalation.model_validate(e) for e in escalations]
-    delivered = _over_delivered(store, job_id, f"llm:{chunk}", settings.max_deliveries)
+    delivered = _over_delivered(store, job_id, chunk_task("llm", chunk), settings.max_deliveries)
     if delivered is not None:
         message = f"its LLM chunk was started {delivered} times without finishing (CASCADE_MAX_DELIVERIES)"
         fail_escalations(store, job_id, chunk, items, LLMError(message, kind=ErrorCode.DELIVERY_LIMIT.value))

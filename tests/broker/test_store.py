@@ -12,7 +12,7 @@ from cascade.broker.results import open_parts
 from cascade.broker.settings import Settings
 from cascade.broker.store import RedisJobStore
 from cascade.workers.jobs import JobStatus
-from cascade.workers.storage import JobStore
+from cascade.workers.storage import JobStore, chunk_task
 from tests.workers.store_contract import SPEC, StoreContract, error, items, result, running_job
 
 
@@ -112,3 +112,23 @@ def test_owned_ids_page_over_expired_jobs(store: RedisJobStore, redis_db: redis.
     assert store.owned_ids("team-a", limit=3, after=kept[0]) == kept[1:4]
     assert store.owned_ids("team-a", limit=10, after=kept[4]) == kept[5:]
     assert store.owned_ids("team-c") == []
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_committed_chunk_leaves_nothing_of_its_own_in_the_jobs_hash(
+    store: RedisJobStore, redis_db: redis.Redis, whole: bool
+) -> None:
+    job = store.create(SPEC)
+    for chunk in (0, 1):
+        store.put_chunk(job, chunk, items(2, start=2 * chunk))
+    store.finish_intake(job, total=4, chunks=2)
+    for chunk in (0, 1):  # what a chunk's tasks note while it runs: deliveries, its items sent to the LLM
+        store.count_delivery(job, chunk_task("specialist", chunk))
+        store.count_delivery(job, chunk_task("llm", chunk))
+        store.mark_sent(job, chunk, [f"c{2 * chunk}"])
+    store.record(job, 0, results=[result("c0", 1), result("c1", 2)], whole=whole)
+    fields = {str(f) for f in redis_db.hkeys(JobKeys(job).job)}
+    assert not {f for f in fields if f.endswith(":0")}, "chunk 0 is committed"
+    assert {"left:1", "sent:1", "deliveries:specialist:1", "deliveries:llm:1"} <= fields  # chunk 1 is in flight
+    counts = store.get(job).counts
+    assert (counts.completed, counts.escalated) == (2, 2)  # the job's counts stay
