@@ -9,8 +9,10 @@ resident memory (VmHWM) is read from /proc for the API process and for every wor
 finished job keeps (its results are committed to the result store, a local folder here; the output file is then
 downloaded whole through the API to show they still are). With ``--ttl S`` the jobs' keys live S seconds
 (``CASCADE_JOB_TTL``, at least 60 and longer than the job takes) and the run waits for them to expire and the
-reaper to trim them, and reports Redis against its baseline again. Goals (issue #14): the larger run within 1.1x
-the smaller one's peaks; a finished job under 50 bytes of Redis per item; back to the baseline after the TTL.
+reaper to trim them, and reports Redis against its baseline again. ``used_memory`` is the whole server's: run it
+on a Redis nobody else uses meanwhile (``CASCADE_BENCH_REDIS_URL``, e.g. a ``redis-server --port 6380`` of its
+own). Goals (issue #14): the larger run within 1.1x the smaller one's peaks; a finished job under 50 bytes of
+Redis per item; back to the baseline after the TTL.
 """
 
 import argparse
