@@ -276,6 +276,8 @@ AUTH = {"Authorization": "Bearer tok-a"}
 @pytest.fixture
 def client(settings: Settings, sms_model: Path, redis_db: redis.Redis, tmp_path: Path) -> TestClient:
     update = {"api_tokens": SecretStr("tok-a=team-a"), "model_dir": str(sms_model), "files_dir": str(tmp_path)}
+    # The result store the `store` fixture (the tests' workers) writes to: the API and the workers share it.
+    update["results_url"] = settings.results_location()
     return TestClient(create_app(settings.model_copy(update=update)))
 
 
