@@ -59,13 +59,7 @@ class ItemColumns(Sequence[Item]):
 
     def __getitem__(self, index: int | slice) -> "Item | ItemColumns":
         if isinstance(index, slice):
-            return ItemColumns(
-                custom_id=self.custom_id[index],
-                text=self.text[index],
-                line=self.line[index],
-                label=None if self.label is None else self.label[index],
-                context=None if self.context is None else self.context[index],
-            )
+            return ItemColumns.of(self[i] for i in range(len(self))[index])
         return Item(
             custom_id=self.custom_id[index],
             text=self.text[index],
