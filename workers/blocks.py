@@ -116,6 +116,16 @@ class SpecialistAnswers(Sequence[ItemResult]):
         }
         lines: list[str] = []
         add = lines.append
+        if not any(self.budget_limited) and all(gold is None for gold in self.gold):  # the common chunk
+            for custom_id, line, label, confidence, route in zip(
+                self.custom_id, self.line, self.label, self.confidence, self.route, strict=True
+            ):
+                quoted, c = labels[label], repr(confidence)
+                add(
+                    f'{{"custom_id":{_quote(custom_id)},"line":{line},"label":{quoted},"confidence":{c},'
+                    f'{routes[route]},"specialist_label":{quoted},"specialist_confidence":{c}}}\n'
+                )
+            return "".join(lines).encode()
         columns = (self.custom_id, self.line, self.gold, self.label, self.confidence, self.route, self.budget_limited)
         for custom_id, line, gold, label, confidence, route, limited in zip(*columns, strict=True):
             quoted, c = labels[label], repr(confidence)
