@@ -21,12 +21,20 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
+from cascade.workers.errors import StorageError
 from cascade.workers.items import Item
 
 BLOOM_BITS = 1 << 27
 """The Bloom filter's size (16 MiB): ~2% of the ids of a 10M-line file are looked up on disk, 0.02% at 1M."""
 _LOOKUP = 500
 """Ids per SQLite lookup (its bound parameters)."""
+
+
+def _failed(folder: str, e: Exception) -> StorageError:
+    return StorageError(
+        f"the intake cannot keep the custom_ids it reads in {folder} ({type(e).__name__}: {e}); it needs ~50 bytes "
+        "of local disk a line: free space there or point TMPDIR at a larger folder"
+    )
 
 
 class IdClaims:
@@ -36,11 +44,18 @@ class IdClaims:
     def __init__(self, folder: str | None = None, bits: int = BLOOM_BITS) -> None:
         self.bits = bits
         self.bloom = np.zeros(bits // 8, dtype=np.uint8)
-        self.folder = tempfile.mkdtemp(prefix="cascade-claims-", dir=folder)
-        self.db = sqlite3.connect(f"{self.folder}/ids.sqlite", isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-8192", "temp_store=FILE"):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID")
+        try:
+            self.folder = tempfile.mkdtemp(prefix="cascade-claims-", dir=folder)
+        except OSError as e:
+            raise _failed(folder or tempfile.gettempdir(), e) from e
+        try:
+            self.db = sqlite3.connect(f"{self.folder}/ids.sqlite", isolation_level=None)
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-8192", "temp_store=FILE"):
+                self.db.execute(f"PRAGMA {pragma}")
+            self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID")
+        except sqlite3.Error as e:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise _failed(self.folder, e) from e
 
     def __enter__(self) -> "IdClaims":
         return self
@@ -70,9 +85,12 @@ class IdClaims:
                     line = items[n].line
                     owns[n] = owners.setdefault(custom_id, line) == line
         new = [(i.custom_id, i.line) for i, own in zip(items, owns, strict=True) if own]
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", new)
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", new)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:  # a full disk, most likely
+            raise _failed(self.folder, e) from e
         return owns
 
     def _maybe_seen(self, ids: list[str]) -> NDArray[np.bool_]:

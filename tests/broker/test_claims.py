@@ -3,10 +3,12 @@ says, and a new reading of the same lines gives the same answers."""
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 
 from cascade.broker.claims import IdClaims
+from cascade.workers.errors import StorageError
 from cascade.workers.items import Item
 
 
@@ -60,3 +62,11 @@ def test_the_claims_folder_is_deleted_when_the_reading_ends(tmp_path: os.PathLik
         claims.claim(numbered(["a", "b"]))
         assert os.listdir(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_it_cannot_write_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "not-there"
+    with pytest.raises(StorageError, match="TMPDIR") as raised:
+        IdClaims(folder=str(missing))
+    assert "\n" not in str(raised.value)
+    assert str(missing) in str(raised.value)
